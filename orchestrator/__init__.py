@@ -1,0 +1,1 @@
+"""Multitask Prompt Tuning (MPT) on Ray, tracked in MLflow."""

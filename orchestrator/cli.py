@@ -1,0 +1,221 @@
+"""The verbs: ``run``, ``validate``, ``plan``.
+
+``run`` checks everything it can before any compute (spec, model path, task data, tracking store),
+then executes the Ray graph and prints the results table and the command that opens the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from .spec import PipelineSpec, SpecError, SpecIssue, load_spec
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator",
+                                     description="Multitask Prompt Tuning on Ray, tracked in MLflow.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    for verb, help_text in (("run", "run the pipeline"), ("validate", "check a spec and its inputs, list every problem"),
+                            ("plan", "print stages, jobs, trials and resources without training")):
+        p = verbs.add_parser(verb, help=help_text)
+        p.add_argument("spec", help="pipeline spec (YAML), e.g. pipelines/demo.yaml")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a spec value (repeatable), e.g. --set target.steps=100")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri)")
+        p.add_argument("--address", help="Ray cluster address (overrides cluster.address); default: a local Ray")
+    return parser
+
+
+def load(args: argparse.Namespace) -> PipelineSpec:
+    spec = load_spec(args.spec, args.overrides)
+    if args.tracking_uri:
+        spec.tracking.uri = args.tracking_uri
+    if args.address:
+        spec.cluster.address = args.address
+    return spec
+
+
+def check_inputs(spec: PipelineSpec) -> tuple[str, list[SpecIssue]]:
+    """Model path and every task's data; returns the resolved model dir and every problem found."""
+    from .models import ModelError, resolve_model_dir
+    from .tasks import check_task
+
+    issues: list[SpecIssue] = []
+    model_dir = ""
+    try:
+        model_dir = resolve_model_dir(spec.model)
+    except ModelError as err:
+        issues.append(SpecIssue(field="model.name_or_path", value=spec.model.name_or_path, message=str(err)))
+    used = set(spec.sources) | set(spec.targets)
+    for task in spec.tasks:
+        if task.name in used:
+            issues.extend(check_task(task, spec.seed))
+    if spec.model.task_type == "SEQ_2_SEQ_LM" and "head_only" in spec.target.baselines:
+        issues.append(SpecIssue(field="target.baselines", value="head_only",
+                                message="a text-to-text model has no classifier head to probe",
+                                fix="drop head_only, or use task_type SEQ_CLS"))
+    return model_dir, issues
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = load(args)
+    _, issues = check_inputs(spec)
+    if issues:
+        raise SpecError(issues, args.spec)
+    print(f"{args.spec}: ok ({len(spec.sources)} sources, {len(spec.targets)} targets)")
+    return 0
+
+
+def trial_count(space: dict, num_samples: int) -> int:
+    grid = 1
+    for dom in space.values():
+        if isinstance(dom, dict) and "grid" in dom:
+            grid *= len(dom["grid"])
+    return grid * num_samples
+
+
+def plan_lines(spec: PipelineSpec) -> list[str]:
+    def res(r) -> str:
+        gpu = f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
+        return f"{r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU{gpu})"
+
+    t = spec.target
+    mpt_trials = trial_count(t.search_space, t.num_samples)
+    baseline_methods = [b for b in t.baselines if b != "single_source"] + \
+        ([f"single_source:{s}" for s in spec.sources] if "single_source" in t.baselines else [])
+    lr_space = {k: v for k, v in t.search_space.items() if k != "rank"}
+    baseline_trials = len(baseline_methods) * trial_count(lr_space, t.num_samples)
+    lines = [
+        f"pipeline {spec.name}: model {spec.model.name_or_path} ({spec.model.task_type}), "
+        f"{spec.prompt.num_virtual_tokens} virtual tokens, seed {spec.seed}",
+        f"1. sources: {len(spec.sources)} Ray Train jobs in parallel, {spec.source.steps} steps each, "
+        f"{res(spec.source.resources)} per job",
+        *[f"     - source {name}" for name in spec.sources],
+        f"2. distill: 1 Ray Train job, MPT num_tasks={len(spec.sources)} rank={spec.distill.rank}, "
+        f"{spec.distill.steps} steps, lambda={spec.distill.lambda_:g}, T={spec.distill.temperature:g}, "
+        f"{res(spec.distill.resources)}",
+        f"3. targets: {len(spec.targets)} Ray Tune sweeps in parallel, {mpt_trials} MPT trial(s) each "
+        f"({t.scheduler.type}) + {baseline_trials} baseline trial(s), {t.steps} steps per trial, "
+        f"{res(t.resources)} per trial, max concurrent {t.max_concurrent_trials or 'unlimited'}",
+        *[f"     - target {name}: search {yaml.safe_dump(t.search_space, default_flow_style=True).strip()}"
+          for name in spec.targets],
+        *([f"     - baselines: {', '.join(baseline_methods)}"] if baseline_methods else []),
+        "4. report: results table (CSV) + plot on the parent MLflow run",
+        f"tracking: {spec.tracking_uri()} experiment {spec.experiment_name()!r}; storage: {spec.storage()}",
+    ]
+    return lines
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec = load(args)
+    print("\n".join(plan_lines(spec)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load(args)
+    model_dir, issues = check_inputs(spec)
+    if issues:
+        raise SpecError(issues, args.spec)
+    from .tracking import TrackingError
+
+    try:
+        return _run(spec, model_dir, args.spec)
+    except TrackingError as err:
+        raise SpecError([SpecIssue(field="tracking.uri", value=spec.tracking_uri(), message=str(err),
+                                   fix="start the server or fix the URI")], args.spec) from None
+
+
+def _run(spec: PipelineSpec, model_dir: str, spec_path: str) -> int:
+    import ray
+
+    from . import dag, report
+    from .stages import PipelineContext
+    from .tracking import TrackingContext, ensure_experiment, start_parent_run, ui_command
+
+    uri = spec.tracking_uri()
+    artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:") else None
+    experiment_id = ensure_experiment(uri, spec.experiment_name(), artifact_root)
+    run_tag = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
+                              {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
+    parent.log_artifact(_spec_file(spec, run_tag), "spec")
+    if spec.cluster.address is None:
+        # Every port of a local Ray then binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts").
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(address=spec.cluster.address, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
+                          spec.storage(), run_tag)
+    started = time.time()
+    print(f"[pipeline] {spec.name} run {run_tag}: {len(spec.sources)} sources -> distill -> "
+          f"{len(spec.targets)} targets; MLflow parent run {parent.run_id}", flush=True)
+    try:
+        table = dag.run_pipeline(ctx)
+    except BaseException as err:
+        parent.set_tags({"mpt.error": str(err)[:4000]})
+        parent.end("FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
+        print(f"[pipeline] FAILED after {time.time() - started:.0f}s: {_root_cause(err)}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        ray.shutdown()
+    parent.log_metrics(0, {"wall_time_s": time.time() - started})
+    parent.end("FINISHED")
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
+        print("\nAll target trials:")
+        print(table.drop(columns=["mlflow_run_id", "error"]).to_string(index=False))
+        print("\nBest per target and method (chosen on validation; test scored once, on the reloaded model):")
+        print(report.summary(table).to_string(index=False))
+    print(f"\n[pipeline] finished in {time.time() - started:.0f}s. Compare runs in the MLflow UI:\n  {ui_command(uri)}")
+    return 0
+
+
+def flat_params(spec: PipelineSpec) -> dict[str, str]:
+    """The spec as dotted MLflow params (tracking excluded: a URI may carry credentials)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = str(value)[:6000]
+
+    walk("", spec.model_dump(mode="json", by_alias=True, exclude={"tracking", "tasks"}))
+    for task in spec.tasks:
+        out[f"tasks.{task.name}"] = str(task.model_dump(mode="json", exclude_none=True))[:6000]
+    return out
+
+
+def _spec_file(spec: PipelineSpec, run_tag: str) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / f"{spec.name}-{run_tag}.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude={"tracking"}), sort_keys=False))
+    return path
+
+
+def _root_cause(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return next((line for line in reversed(text) if line.strip()), type(err).__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan}[args.verb](args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+

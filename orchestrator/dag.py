@@ -1,0 +1,56 @@
+"""The Ray task graph: sources (fan-out) -> distill (join) -> targets (fan-out) -> report (join).
+
+Built from remote tasks passing ``ObjectRef`` arguments, which Ray resolves to values before a task
+starts, so each node runs as soon as its inputs exist. The nodes only connect stages; the work is in
+``stages``, and the nodes reserve no CPU so they never starve the jobs they launch.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import ray
+
+from . import report, stages
+from .distill import Teacher
+from .stages import PipelineContext, SharedPrompt
+from .tracking import RunLogger
+
+
+@ray.remote(num_cpus=0)
+def source_node(ctx: PipelineContext, task: str) -> Teacher:
+    return stages.run_source(ctx, task)
+
+
+@ray.remote(num_cpus=0)
+def distill_node(ctx: PipelineContext, *teachers: Teacher) -> SharedPrompt:
+    return stages.run_distill(ctx, list(teachers))
+
+
+@ray.remote
+def evaluate_node(ctx: PipelineContext, task: str, method: str, checkpoint, run_id: str) -> dict[str, float]:
+    return stages.evaluate_best(ctx, task, method, checkpoint, run_id)
+
+
+@ray.remote(num_cpus=0)
+def target_node(ctx: PipelineContext, task: str, shared: SharedPrompt, *teachers: Teacher) -> list[dict]:
+    rows = stages.run_target(ctx, task, shared, list(teachers))
+    bests = report.select_best(rows)
+    cpus = ctx.spec.target.resources.cpus_per_worker
+    evaluations = ray.get([evaluate_node.options(num_cpus=cpus).remote(ctx, task, b["method"], b["checkpoint"],
+                                                                       b["mlflow_run_id"]) for b in bests])
+    return report.attach_test(rows, bests, evaluations)
+
+
+@ray.remote(num_cpus=0)
+def report_node(ctx: PipelineContext, parent_run_id: str, *target_rows: list[dict]) -> pd.DataFrame:
+    table = report.results_table([row for rows in target_rows for row in rows])
+    report.publish(table, RunLogger(ctx.tracking.uri, parent_run_id))
+    return table
+
+
+def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
+    spec = ctx.spec
+    teachers = [source_node.remote(ctx, task) for task in spec.sources]
+    shared = distill_node.remote(ctx, *teachers)
+    targets = [target_node.remote(ctx, task, shared, *teachers) for task in spec.targets]
+    return ray.get(report_node.remote(ctx, ctx.tracking.parent_run_id, *targets))

@@ -1,0 +1,97 @@
+"""The results table (pandas) of every target trial, the best per target and method, and its plot."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .tracking import RunLogger
+
+TABLE_COLUMNS = ["task", "method", "rank", "lr", "head_lr", "batch_size", "metric", "value", "test_value", "steps",
+                 "trainable_params", "status", "best", "error", "mlflow_run_id"]
+
+
+def family(method: str) -> str:
+    """mpt, head_only, vanilla_pt or single_source (whatever teacher it started from)."""
+    return method.split(":", 1)[0]
+
+
+def select_best(rows: list[dict]) -> list[dict]:
+    """Per method family, the trial with the best validation value that left a checkpoint."""
+    best: dict[str, dict] = {}
+    for row in rows:
+        if row["status"] == "failed" or row.get("checkpoint") is None or row["value"] is None:
+            continue
+        fam = family(row["method"])
+        if fam not in best or row["value"] > best[fam]["value"]:
+            best[fam] = row
+    return list(best.values())
+
+
+def attach_test(rows: list[dict], bests: list[dict], evaluations: list[dict[str, float]]) -> list[dict]:
+    """Mark the chosen trials (``bests`` are items of ``rows``) and add the reloaded model's values."""
+    chosen = {id(b): e for b, e in zip(bests, evaluations)}
+    out = []
+    for row in rows:
+        evaluation = chosen.get(id(row))
+        row = {k: v for k, v in row.items() if k != "checkpoint"}
+        row["best"] = evaluation is not None
+        row["test_value"] = next((v for k, v in (evaluation or {}).items() if k.startswith("test_")), None)
+        row["reloaded_value"] = next((v for k, v in (evaluation or {}).items() if k.startswith("eval_")), None)
+        out.append(row)
+    return out
+
+
+def results_table(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    for col in TABLE_COLUMNS:
+        if col not in table:
+            table[col] = None
+    return table[TABLE_COLUMNS + [c for c in table.columns if c not in TABLE_COLUMNS]] \
+        .sort_values(["task", "method", "value"], ascending=[True, True, False], ignore_index=True)
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per target and method family: the chosen trial's validation and test value."""
+    best = table[table["best"]].copy()
+    best["method"] = best["method"].map(family)
+    return best[["task", "method", "metric", "value", "test_value", "trainable_params", "rank", "lr"]] \
+        .sort_values(["task", "value"], ascending=[True, False], ignore_index=True)
+
+
+def plot(table: pd.DataFrame, path: Path) -> Path:
+    """Bar chart of the chosen trial per target and method (validation and test)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = summary(table)
+    pivot = best.pivot_table(index="task", columns="method", values="test_value")
+    ax = pivot.plot.bar(figsize=(max(6, 2 * len(pivot)), 4), rot=0)
+    ax.set_ylabel("test " + (best["metric"].iloc[0].removeprefix("eval_") if len(best) else "metric"))
+    ax.set_title("Best trial per target and method (chosen on validation)")
+    ax.legend(loc="lower right", fontsize="small")
+    plt.tight_layout()
+    plt.savefig(path, dpi=100)
+    plt.close("all")
+    return path
+
+
+def publish(table: pd.DataFrame, parent: RunLogger) -> None:
+    """The CSV tables and the plot as artifacts of the parent run, and the best values as its metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        table.to_csv(tmp / "results.csv", index=False)
+        summary(table).to_csv(tmp / "best.csv", index=False)
+        parent.log_artifact(tmp / "results.csv", "report")
+        parent.log_artifact(tmp / "best.csv", "report")
+        if table["best"].any():
+            parent.log_artifact(plot(table, tmp / "best.png"), "report")
+    metrics = {}
+    for _, row in summary(table).iterrows():
+        if row["test_value"] is not None and row["test_value"] == row["test_value"]:
+            metrics[f"test_{row['method']}_{row['task']}"] = float(row["test_value"])
+    parent.log_metrics(0, metrics)

