@@ -150,10 +150,12 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str) -> int:
     parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
                               {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
     parent.log_artifact(_spec_file(spec, run_tag), "spec")
-    if spec.cluster.address is None:
-        # Every port of a local Ray then binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts").
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address=spec.cluster.address, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already be connected
+    if owns_ray:
+        if spec.cluster.address is None:
+            # Every port of a local Ray then binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts").
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address=spec.cluster.address, logging_level="WARNING")
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
                           spec.storage(), run_tag)
     started = time.time()
@@ -167,7 +169,8 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str) -> int:
         print(f"[pipeline] FAILED after {time.time() - started:.0f}s: {_root_cause(err)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
     parent.log_metrics(0, {"wall_time_s": time.time() - started})
     parent.end("FINISHED")
     import pandas as pd

@@ -140,15 +140,6 @@ class TaskDataError(ValueError):
         super().__init__(f"task {task!r}: {len(issues)} data problem(s)\n{lines}")
 
 
-def text_to_text(data: TaskData, example: Example) -> tuple[str, str]:
-    """(input, target) for a text-to-text model: ``"<task> sentence1: .. sentence2: .."`` -> label word."""
-    if len(example.texts) == 1:
-        source = f"{data.name} sentence: {example.texts[0]}"
-    else:
-        source = f"{data.name} sentence1: {example.texts[0]} sentence2: {example.texts[1]}"
-    return source, data.label_words[example.label]
-
-
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
