@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a spec value (repeatable), e.g. --set target.steps=100")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri)")
         p.add_argument("--address", help="Ray cluster address (overrides cluster.address); default: a local Ray")
+        if verb == "validate":
+            p.add_argument("--hub-data", action="store_true",
+                           help="also download and check hub datasets (otherwise validate runs offline)")
     return parser
 
 
@@ -45,8 +48,11 @@ def load(args: argparse.Namespace) -> PipelineSpec:
     return spec
 
 
-def check_inputs(spec: PipelineSpec) -> tuple[str, list[SpecIssue]]:
-    """Model path and every task's data; returns the resolved model dir and every problem found."""
+def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[SpecIssue]]:
+    """Model path and every task's data; returns the resolved model dir and every problem found.
+
+    ``hub_data=False`` leaves hub datasets unchecked, so that a cluster spec validates offline.
+    """
     from .models import ModelError, resolve_model_dir
     from .tasks import check_task
 
@@ -58,7 +64,7 @@ def check_inputs(spec: PipelineSpec) -> tuple[str, list[SpecIssue]]:
         issues.append(SpecIssue(field="model.name_or_path", value=spec.model.name_or_path, message=str(err)))
     used = set(spec.sources) | set(spec.targets)
     for task in spec.tasks:
-        if task.name in used:
+        if task.name in used and (hub_data or task.kind != "hf"):
             issues.extend(check_task(task, spec.seed))
     if spec.model.task_type == "SEQ_2_SEQ_LM" and "head_only" in spec.target.baselines:
         issues.append(SpecIssue(field="target.baselines", value="head_only",
@@ -69,10 +75,12 @@ def check_inputs(spec: PipelineSpec) -> tuple[str, list[SpecIssue]]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load(args)
-    _, issues = check_inputs(spec)
+    _, issues = check_inputs(spec, hub_data=args.hub_data)
     if issues:
         raise SpecError(issues, args.spec)
-    print(f"{args.spec}: ok ({len(spec.sources)} sources, {len(spec.targets)} targets)")
+    unchecked = [t.name for t in spec.tasks if t.kind == "hf"] if not args.hub_data else []
+    note = f"; hub datasets not loaded (add --hub-data): {', '.join(unchecked)}" if unchecked else ""
+    print(f"{args.spec}: ok ({len(spec.sources)} sources, {len(spec.targets)} targets){note}")
     return 0
 
 
@@ -137,6 +145,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(spec: PipelineSpec, model_dir: str, spec_path: str) -> int:
+    if spec.cluster.address is None and "RAY_ADDRESS" not in os.environ:
+        # Every port of a local Ray then binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts"); Ray reads
+        # this once, at import, so it is set before the first `import ray`.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     from . import dag, report
@@ -152,9 +164,6 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str) -> int:
     parent.log_artifact(_spec_file(spec, run_tag), "spec")
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already be connected
     if owns_ray:
-        if spec.cluster.address is None:
-            # Every port of a local Ray then binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts").
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(address=spec.cluster.address, logging_level="WARNING")
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
                           spec.storage(), run_tag)

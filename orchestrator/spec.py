@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 TINY_MODELS = ("tiny:bert", "tiny:t5")
@@ -243,32 +243,6 @@ class PipelineSpec(Strict):
     )
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
 
-    @model_validator(mode="after")
-    def _check_names(self) -> PipelineSpec:
-        problems = []
-        names = [t.name for t in self.tasks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            problems.append(f"duplicate task names {dupes}: give each task a unique name")
-        for role in ("sources", "targets"):
-            listed = getattr(self, role)
-            for n in listed:
-                if n not in names:
-                    near = difflib.get_close_matches(n, names, n=1)
-                    hint = f" (did you mean {near[0]!r}?)" if near else ""
-                    problems.append(f"{role}: {n!r} is not a task in `tasks`{hint}")
-            if len(set(listed)) != len(listed):
-                problems.append(f"{role}: lists a task twice")
-        overlap = sorted(set(self.sources) & set(self.targets))
-        if overlap and not self.allow_source_target_overlap:
-            problems.append(
-                f"targets {overlap} are also sources: their data would leak into the shared prompt; "
-                "remove them from one list or set allow_source_target_overlap: true"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
     def task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)
 
@@ -336,16 +310,52 @@ def _model_at(model_cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def role_issues(raw: dict[str, Any]) -> list[SpecIssue]:
+    """Cross-field checks on task names and roles, run on the raw mapping so that they are reported
+    together with type errors elsewhere; parts of the wrong shape are left to the field checks."""
+    tasks, sources, targets = raw.get("tasks"), raw.get("sources"), raw.get("targets")
+    names = [t.get("name") for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
+    names = [n for n in names if isinstance(n, str)]
+    issues = []
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        issues.append(SpecIssue(field="tasks", value=dupes, message="duplicate task names",
+                                fix="give each task a unique name"))
+    roles = {}
+    for role, listed in (("sources", sources), ("targets", targets)):
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+            continue
+        roles[role] = listed
+        for n in listed:
+            if names and n not in names:
+                near = difflib.get_close_matches(n, names, n=1)
+                issues.append(SpecIssue(field=role, value=n, message="is not a task in `tasks`",
+                                        fix=f"did you mean {near[0]!r}?" if near else f"define it under tasks or use one of {names}"))
+        if len(set(listed)) != len(listed):
+            issues.append(SpecIssue(field=role, value=listed, message="lists a task twice", fix="list each task once"))
+    overlap = sorted(set(roles.get("sources", [])) & set(roles.get("targets", [])))
+    if overlap and raw.get("allow_source_target_overlap") is not True:
+        issues.append(SpecIssue(
+            field="targets", value=overlap,
+            message="also sources: their data (test split included) would leak into the shared prompt",
+            fix="remove them from one list, or set allow_source_target_overlap: true"))
+    return issues
+
+
 def parse_spec(raw: Any, source: str = "spec") -> PipelineSpec:
     """Validate a raw mapping into a spec, or raise SpecError listing every problem."""
     if not isinstance(raw, dict):
         raise SpecError(
             [SpecIssue(field="(top level)", value=type(raw).__name__, message="a spec is a mapping of keys",
                        fix="start from pipelines/smoke.yaml")], source)
+    issues = role_issues(raw)
     try:
-        return PipelineSpec.model_validate(raw)
+        spec = PipelineSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError([_issue_from_pydantic(e, PipelineSpec) for e in err.errors()], source) from None
+        issues = [_issue_from_pydantic(e, PipelineSpec) for e in err.errors()] + issues
+    if issues:
+        raise SpecError(issues, source)
+    return spec
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -145,6 +145,15 @@ def child_run(ctx: TrackingContext, stage: str, task: str, run_name: str, params
     logger = create_run(ctx, stage, task, run_name, params, tags)
     try:
         yield logger
+    except SystemExit as err:
+        if err.code not in (0, None):
+            logger.set_tags({"mpt.error": f"SystemExit: {err.code}"})
+            logger.end("FAILED")
+            raise
+        # Tune stops a trial its scheduler is done with by raising SystemExit(0) inside tune.report.
+        logger.set_tags({"mpt.stopped_by_scheduler": "true"})
+        logger.end("FINISHED")
+        raise
     except BaseException as err:
         logger.set_tags({"mpt.error": f"{type(err).__name__}: {err}"[:4000]})
         logger.end("FAILED")
