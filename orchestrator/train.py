@@ -96,6 +96,9 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
         start_step: int = 0, optimizer_state: dict | None = None) -> dict[str, float]:
     """Train the parameters that require grad; evaluate every ``eval_every`` steps and at the end.
 
+    ``on_step`` gets each step's loss; ``on_eval`` gets the eval metrics and ``train_loss_avg``, the
+    mean loss since the previous eval.
+
     The classifier head gets its own learning rate: prompt tuning wants lr ~0.3, which makes a
     linear head diverge.
     """
@@ -123,7 +126,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
         on_step(step, window[-1])
         if step % eval_every == 0 or step == steps:
             model.eval()
-            metrics = {"train_loss": sum(window) / len(window), **evaluate()}
+            metrics = {"train_loss_avg": sum(window) / len(window), **evaluate()}
             window.clear()
             on_eval(step, metrics)
     return metrics

@@ -211,7 +211,7 @@ def test_fit_lowers_the_loss_and_reports_each_eval(bert_dir):
         on_step=lambda s, v: losses.append(v), on_eval=lambda s, m: evals.append((s, m)))
     after = eval_loss()
     assert len(losses) == 30 and [s for s, _ in evals] == [10, 20, 30]
-    assert set(evals[-1][1]) == {"train_loss", "eval_accuracy"}
+    assert set(evals[-1][1]) == {"train_loss_avg", "eval_accuracy"}
     assert after < before - 0.05, (before, after)
 
 
