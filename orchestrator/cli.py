@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a spec value (repeatable), e.g. --set target.steps=100")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri)")
         p.add_argument("--address", help="Ray cluster address (overrides cluster.address); default: a local Ray")
+        if verb == "run":
+            p.add_argument("--rerun", action="append", default=[], choices=["source", "distill", "target"],
+                           help="run this stage and every later one again even if the cache holds them")
+            p.add_argument("--no-cache", action="store_true", help="reuse nothing from earlier runs")
         if verb == "validate":
             p.add_argument("--hub-data", action="store_true",
                            help="also download and check hub datasets (otherwise validate runs offline)")
@@ -138,26 +142,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .tracking import TrackingError
 
     try:
-        return _run(spec, model_dir, args.spec)
+        return _run(spec, model_dir, args.spec, args.rerun, args.no_cache)
     except TrackingError as err:
         raise SpecError([SpecIssue(field="tracking.uri", value=spec.tracking_uri(), message=str(err),
                                    fix="start the server or fix the URI")], args.spec) from None
 
 
-def _run(spec: PipelineSpec, model_dir: str, spec_path: str) -> int:
+def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], no_cache: bool) -> int:
     if spec.cluster.address is None and "RAY_ADDRESS" not in os.environ:
         # Every port of a local Ray then binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts"); Ray reads
         # this once, at import, so it is set before the first `import ray`.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    from . import dag, report
+    from . import cache, dag, report
     from .stages import PipelineContext
-    from .tracking import TrackingContext, ensure_experiment, start_parent_run, ui_command
+    from .tracking import (TrackingContext, close_orphaned_runs, ensure_experiment, root_cause, start_parent_run,
+                           ui_command)
 
     uri = spec.tracking_uri()
     artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:") else None
     experiment_id = ensure_experiment(uri, spec.experiment_name(), artifact_root)
+    for run_id in close_orphaned_runs(uri, experiment_id):
+        print(f"[pipeline] run {run_id} was left RUNNING by a pipeline that died; marked KILLED", flush=True)
     run_tag = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
                               {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
@@ -166,22 +173,28 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str) -> int:
     if owns_ray:
         ray.init(address=spec.cluster.address, logging_level="WARNING")
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
-                          spec.storage(), run_tag)
+                          spec.storage(), run_tag, cache.fingerprints(spec),
+                          frozenset(cache.forced_stages(rerun, no_cache)))
     started = time.time()
     print(f"[pipeline] {spec.name} run {run_tag}: {len(spec.sources)} sources -> distill -> "
           f"{len(spec.targets)} targets; MLflow parent run {parent.run_id}", flush=True)
     try:
         table = dag.run_pipeline(ctx)
     except BaseException as err:
-        parent.set_tags({"mpt.error": str(err)[:4000]})
+        cause = root_cause(err)
+        parent.set_tags({"mpt.error": cause[:4000]})
         parent.end("FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
-        print(f"[pipeline] FAILED after {time.time() - started:.0f}s: {_root_cause(err)}", file=sys.stderr)
+        print(f"[pipeline] FAILED after {time.time() - started:.0f}s: {cause}\n"
+              f"Earlier stages' runs and artifacts are kept; run the same command again to reuse them.",
+              file=sys.stderr)
         return EXIT_FAILED
     finally:
         if owns_ray:
             ray.shutdown()
     parent.log_metrics(0, {"wall_time_s": time.time() - started})
     parent.end("FINISHED")
+    reused = cache.reused_stages(uri, parent.run_id)
+    print(f"\n[pipeline] reused {len(reused)} stage(s) from earlier runs: {', '.join(sorted(reused)) or 'none'}")
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
@@ -216,11 +229,6 @@ def _spec_file(spec: PipelineSpec, run_tag: str) -> Path:
     path = Path(tempfile.mkdtemp()) / f"{spec.name}-{run_tag}.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude={"tracking"}), sort_keys=False))
     return path
-
-
-def _root_cause(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return next((line for line in reversed(text) if line.strip()), type(err).__name__)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """The Ray task graph: sources (fan-out) -> distill (join) -> targets (fan-out) -> report (join).
 
 Built from remote tasks passing ``ObjectRef`` arguments, which Ray resolves to values before a task
-starts, so each node runs as soon as its inputs exist. The nodes only connect stages; the work is in
-``stages``, and the nodes reserve no CPU so they never starve the jobs they launch.
+starts, so each node runs as soon as its inputs exist. A node reuses its stage's earlier result when
+the cache has one (``cache``), else runs it (``stages``); nodes reserve no CPU so they never starve
+the jobs they launch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import ray
 
-from . import report, stages
+from . import cache, report, stages
 from .distill import Teacher
 from .stages import PipelineContext, SharedPrompt
 from .tracking import RunLogger
@@ -18,12 +19,12 @@ from .tracking import RunLogger
 
 @ray.remote(num_cpus=0)
 def source_node(ctx: PipelineContext, task: str) -> Teacher:
-    return stages.run_source(ctx, task)
+    return cache.reuse_source(ctx, task) or stages.run_source(ctx, task)
 
 
 @ray.remote(num_cpus=0)
 def distill_node(ctx: PipelineContext, *teachers: Teacher) -> SharedPrompt:
-    return stages.run_distill(ctx, list(teachers))
+    return cache.reuse_distill(ctx) or stages.run_distill(ctx, list(teachers))
 
 
 @ray.remote
@@ -33,12 +34,17 @@ def evaluate_node(ctx: PipelineContext, task: str, method: str, checkpoint, run_
 
 @ray.remote(num_cpus=0)
 def target_node(ctx: PipelineContext, task: str, shared: SharedPrompt, *teachers: Teacher) -> list[dict]:
+    reused = cache.reuse_target(ctx, task)
+    if reused is not None:
+        return reused
     rows = stages.run_target(ctx, task, shared, list(teachers))
     bests = report.select_best(rows)
     cpus = ctx.spec.target.resources.cpus_per_worker
     evaluations = ray.get([evaluate_node.options(num_cpus=cpus).remote(ctx, task, b["method"], b["checkpoint"],
                                                                        b["mlflow_run_id"]) for b in bests])
-    return report.attach_test(rows, bests, evaluations)
+    rows = report.attach_test(rows, bests, evaluations)
+    cache.record_target(ctx, task, rows)
+    return rows
 
 
 @ray.remote(num_cpus=0)
@@ -48,9 +54,14 @@ def report_node(ctx: PipelineContext, parent_run_id: str, *target_rows: list[dic
     return table
 
 
+# More jobs than CPUs is normal (sources queue for their turn): Ray Train's default 60 s wait for a
+# worker group would fail and retry them noisily.
+QUEUED_JOBS = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(7 * 24 * 3600)}}
+
+
 def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     spec = ctx.spec
-    teachers = [source_node.remote(ctx, task) for task in spec.sources]
-    shared = distill_node.remote(ctx, *teachers)
+    teachers = [source_node.options(runtime_env=QUEUED_JOBS).remote(ctx, task) for task in spec.sources]
+    shared = distill_node.options(runtime_env=QUEUED_JOBS).remote(ctx, *teachers)
     targets = [target_node.remote(ctx, task, shared, *teachers) for task in spec.targets]
     return ray.get(report_node.remote(ctx, ctx.tracking.parent_run_id, *targets))

@@ -117,6 +117,7 @@ class TrainSpec(Strict):
 
 class SourceStage(TrainSpec):
     resources: Resources = Field(default_factory=Resources, description="Per source Ray Train job.")
+    max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (from the last checkpoint).")
 
 
 class DistillStage(TrainSpec):
@@ -124,6 +125,7 @@ class DistillStage(TrainSpec):
     lambda_: float = Field(1.0, alias="lambda", ge=0, description="Weight of L_logits + L_hidden against L_task.")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the logit distillation.")
     resources: Resources = Field(default_factory=Resources, description="The distillation Ray Train job.")
+    max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (from the last checkpoint).")
 
 
 class Scheduler(Strict):

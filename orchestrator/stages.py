@@ -23,12 +23,14 @@ from . import models
 from .distill import Teacher, distill_step_loss, teacher_overrides
 from .spec import PipelineSpec, Resources
 from .tasks import TaskData, load_task
-from .tracking import RunLogger, TrackingContext, child_run, finish_stray_runs
+from .tracking import FINGERPRINT_TAG, RunLogger, TrackingContext, child_run, finish_stray_runs
 from .train import Encoder, autocast, batch_stream, evaluate, fit, task_loss, to_device
 
 SHARED_PROMPT_FILE = "shared_prompt.safetensors"
 STUDENT_HEADS_FILE = "student_heads.safetensors"
 TEACHER_FILE = "teacher.safetensors"
+TRAINABLE_FILE = "trainable.safetensors"
+STATE_FILE = "train_state.pt"
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,17 @@ class PipelineContext:
     model_dir: str
     tracking: TrackingContext
     storage: str
-    run_tag: str  # unique per pipeline execution: Train/Tune reuse a run dir with the same name
+    run_tag: str  # unique per pipeline execution
+    fingerprints: dict[str, str]
+    forced: frozenset[str] = frozenset()  # stages run again whatever the cache holds
 
-    def job_name(self, *parts: str) -> str:
-        return "-".join((self.spec.name, self.run_tag, *parts))
+    def job_name(self, key: str) -> str:
+        """The Train/Tune run name of a stage. Ray resumes a run dir with the same name from its last
+        checkpoint, which is what an interrupted pipeline started again wants; a forced stage gets a
+        fresh dir instead."""
+        stage = key.split(":")[0]
+        name = f"{self.spec.name}-{key.replace(':', '-')}-{self.fingerprints[key]}"
+        return f"{name}-{self.run_tag}" if stage in self.forced else name
 
 
 @dataclass
@@ -76,15 +85,35 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def _report_with_tensors(metrics: dict[str, float], files: dict[str, dict[str, torch.Tensor]]) -> None:
-    """ray.train.report from every worker (it is a barrier); rank 0 attaches the tensors as a checkpoint."""
+def _report_checkpoint(model: torch.nn.Module, step: int, metrics: dict[str, float], state: dict,
+                       files: dict[str, dict[str, torch.Tensor]]) -> None:
+    """ray.train.report from every worker (it is a barrier); rank 0 attaches the stage's output files
+    plus what a restarted worker needs: the trainable weights and the optimizer/schedule state."""
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
+    trainable = {n: p for n, p in _unwrap(model).named_parameters() if p.requires_grad}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, tensors in files.items():
+        for name, tensors in {**files, TRAINABLE_FILE: trainable}.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(Path(tmp) / name))
+        torch.save({"step": step, **state}, Path(tmp) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _resume(model: torch.nn.Module, logger: RunLogger | None, tag: str) -> tuple[int, dict | None]:
+    """Restore the last checkpoint after a worker failure or an interrupted run: (step, optimizer state)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, None
+    with checkpoint.as_directory() as d:
+        _unwrap(model).load_state_dict(load_file(str(Path(d) / TRAINABLE_FILE)), strict=False)
+        state = torch.load(Path(d) / STATE_FILE, weights_only=True)
+    step = state.pop("step")
+    if logger:
+        logger.log_metrics(step, {"restarted_from_step": step})
+        logger.set_tags({"mpt.restarted": "true"})
+    print(f"[{tag}] resumed from the checkpoint at step {step}", flush=True)
+    return step, state
 
 
 def _run_logger(config: dict) -> RunLogger | None:
@@ -94,11 +123,13 @@ def _run_logger(config: dict) -> RunLogger | None:
     return RunLogger(config["ctx"].tracking.uri, config["run_id"])
 
 
-def _fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, name: str) -> ray.train.Result:
+def _fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, key: str,
+                 max_failures: int) -> ray.train.Result:
     trainer = ray.train.torch.TorchTrainer(
         loop, train_loop_config=config, scaling_config=_scaling(res),
-        run_config=ray.train.RunConfig(name=ctx.job_name(name), storage_path=ctx.storage,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+        run_config=ray.train.RunConfig(name=ctx.job_name(key), storage_path=ctx.storage,
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()
 
@@ -123,26 +154,29 @@ def source_train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(models.prompt_tuning_model(base, spec.model.task_type,
                                                                      spec.prompt.num_virtual_tokens))
     encoder = _encoder(ctx)
-    stream = batch_stream(data.train, stage.batch_size, spec.seed, rank, world)
     logger = _run_logger(config)
+    start, state = _resume(model, logger, f"source:{data.name}")
+    stream = batch_stream(data.train, stage.batch_size, spec.seed + start, rank, world)
 
     def loss_fn(step: int) -> torch.Tensor:
         batch = to_device(encoder(next(stream), data.label_words), device)
         with autocast(device):
             return task_loss(model, batch, spec.model.task_type)
 
-    def on_eval(step: int, metrics: dict[str, float]) -> None:
+    def on_eval(step: int, metrics: dict[str, float], state: dict) -> None:
         if logger:
             logger.log_metrics(step, metrics)
+            _progress(f"source:{data.name}", step, stage.steps, metrics)
         inner = _unwrap(model)
         head = models.head_module(inner)
         teacher = Teacher(data.name, models.prompt_tensor(inner),
                           None if head is None else head.weight.detach(), None if head is None else head.bias.detach())
-        _report_with_tensors({**metrics, "step": step}, {TEACHER_FILE: teacher.tensors()})
+        _report_checkpoint(model, step, {**metrics, "step": step}, state, {TEACHER_FILE: teacher.tensors()})
 
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=stage.eval_every, evaluate=lambda: evaluate(_unwrap(model), data, "validation", encoder),
-        on_step=(lambda s, v: logger.metric(s, "train_loss", v)) if logger else (lambda s, v: None), on_eval=on_eval)
+        on_step=(lambda s, v: logger.metric(s, "train_loss", v)) if logger else (lambda s, v: None), on_eval=on_eval,
+        start_step=start, optimizer_state=state)
 
 
 def run_source(ctx: PipelineContext, task: str) -> Teacher:
@@ -150,10 +184,12 @@ def run_source(ctx: PipelineContext, task: str) -> Teacher:
     stage = ctx.spec.source
     params = {**stage.model_dump(exclude={"resources"}), "num_virtual_tokens": ctx.spec.prompt.num_virtual_tokens,
               "num_workers": stage.resources.num_workers, "task": task}
-    with child_run(ctx.tracking, "source", task, f"source-{task}", params) as run:
+    key = f"source:{task}"
+    with child_run(ctx.tracking, "source", task, f"source-{task}", params,
+                   {FINGERPRINT_TAG: ctx.fingerprints[key]}) as run:
         print(f"[source:{task}] training {stage.steps} steps on {stage.resources.num_workers} worker(s)", flush=True)
         result = _fit_trainer(ctx, source_train_loop, {"ctx": ctx, "task": task, "run_id": run.run_id},
-                              stage.resources, f"source-{task}")
+                              stage.resources, key, stage.max_failures)
         (tensors,) = _checkpoint_tensors(result, TEACHER_FILE)
         run.log_tensors(f"teacher_{task}.safetensors", tensors, "teacher")
         print(f"[source:{task}] done: {_fmt(result.metrics)}", flush=True)
@@ -219,8 +255,10 @@ def distill_train_loop(config: dict) -> None:
     inner = _unwrap(model)
     overrides = [teacher_overrides(inner, t, sl) for t, sl in zip(teachers, slices)]
     encoder = _encoder(ctx)
-    streams = [batch_stream(d.train, stage.batch_size, spec.seed + k, rank, world) for k, d in enumerate(datas)]
     logger = _run_logger(config)
+    start, state = _resume(model, logger, "distill")
+    streams = [batch_stream(d.train, stage.batch_size, spec.seed + k + start, rank, world)
+               for k, d in enumerate(datas)]
 
     def loss_fn(step: int) -> torch.Tensor:
         k = (step - 1) % len(datas)  # round robin: every task gets the same number of single-task batches
@@ -243,16 +281,19 @@ def distill_train_loop(config: dict) -> None:
         metrics["eval_mean"] = sum(metrics.values()) / len(metrics)
         return metrics
 
-    def on_eval(step: int, metrics: dict[str, float]) -> None:
+    def on_eval(step: int, metrics: dict[str, float], state: dict) -> None:
         if logger:
             logger.log_metrics(step, metrics)
+            _progress("distill", step, stage.steps, metrics)
         names = [t.task for t in teachers]
-        _report_with_tensors({**metrics, "step": step}, {SHARED_PROMPT_FILE: student_tensors(inner),
-                                                        STUDENT_HEADS_FILE: student_head_tensors(inner, names, slices)})
+        _report_checkpoint(model, step, {**metrics, "step": step}, state,
+                           {SHARED_PROMPT_FILE: student_tensors(inner),
+                            STUDENT_HEADS_FILE: student_head_tensors(inner, names, slices)})
 
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=stage.eval_every, evaluate=evaluate_all,
-        on_step=(lambda s, v: logger.metric(s, "train_loss", v)) if logger else (lambda s, v: None), on_eval=on_eval)
+        on_step=(lambda s, v: logger.metric(s, "train_loss", v)) if logger else (lambda s, v: None), on_eval=on_eval,
+        start_step=start, optimizer_state=state)
 
 
 def run_distill(ctx: PipelineContext, teachers: list[Teacher]) -> SharedPrompt:
@@ -260,10 +301,11 @@ def run_distill(ctx: PipelineContext, teachers: list[Teacher]) -> SharedPrompt:
     params = {**stage.model_dump(exclude={"resources"}, by_alias=True), "num_tasks": len(teachers),
               "num_virtual_tokens": ctx.spec.prompt.num_virtual_tokens, "num_workers": stage.resources.num_workers,
               "sources": ",".join(t.task for t in teachers)}
-    with child_run(ctx.tracking, "distill", "+".join(t.task for t in teachers), "distill", params) as run:
+    with child_run(ctx.tracking, "distill", "+".join(t.task for t in teachers), "distill", params,
+                   {FINGERPRINT_TAG: ctx.fingerprints["distill"]}) as run:
         print(f"[distill] {len(teachers)} teachers -> one shared prompt, {stage.steps} steps", flush=True)
         result = _fit_trainer(ctx, distill_train_loop, {"ctx": ctx, "teachers": teachers, "run_id": run.run_id},
-                              stage.resources, "distill")
+                              stage.resources, "distill", stage.max_failures)
         tensors, heads = _checkpoint_tensors(result, SHARED_PROMPT_FILE, STUDENT_HEADS_FILE)
         run.log_tensors(SHARED_PROMPT_FILE, tensors)
         if heads:
@@ -315,7 +357,8 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
               "num_virtual_tokens": spec.prompt.num_virtual_tokens, "task": task}
     trial_id = tune.get_context().get_trial_id()
     with child_run(ctx.tracking, "target", task, f"target-{task}-{config['method']}-{trial_id}", params,
-                   {"mpt.sweep": sweep, "mpt.trial_id": trial_id, "mpt.method": config["method"]}) as run, \
+                   {"mpt.sweep": sweep, "mpt.trial_id": trial_id, "mpt.method": config["method"],
+                    FINGERPRINT_TAG: ctx.fingerprints[f"target:{task}"]}) as run, \
             tempfile.TemporaryDirectory() as workdir:
         model, task_id = build_target_model(ctx, data, config, shared, teachers, Path(workdir))
         model.to(device)
@@ -329,8 +372,9 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
             with autocast(device):
                 return task_loss(model, batch, spec.model.task_type)
 
-        def on_eval(step: int, metrics: dict[str, float]) -> None:
+        def on_eval(step: int, metrics: dict[str, float], state: dict) -> None:
             run.log_metrics(step, metrics)
+            _progress(f"target:{task}:{config['method']}:{trial_id}", step, stage.steps, metrics)
             with tempfile.TemporaryDirectory() as tmp:
                 save_trial_model(model, config["method"], Path(tmp))
                 tune.report({**metrics, "step": step, "trainable_params": trainable, "mlflow_run_id": run.run_id},
@@ -407,12 +451,18 @@ def _sweep(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: dict
         {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker},
     )
     metric = f"eval_{ctx.spec.task(task).metric}"
-    tuner = tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=stage.num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=stage.max_concurrent_trials),
-        run_config=tune.RunConfig(name=name, storage_path=ctx.storage, verbose=0),
-    )
+    path = f"{ctx.storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        # An interrupted sweep of the same fingerprint: finished trials are kept, the rest run again.
+        print(f"[target:{task}] resuming sweep {name}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=stage.num_samples, scheduler=scheduler,
+                                        max_concurrent_trials=stage.max_concurrent_trials),
+            run_config=tune.RunConfig(name=name, storage_path=ctx.storage, verbose=0),
+        )
     grid = tuner.fit()
     # Trials that ASHA stopped never return from tune.report, so their runs are closed here.
     finish_stray_runs(ctx.tracking, {"mpt.sweep": name}, "FINISHED", {"mpt.early_stopped": "true"})
@@ -449,12 +499,16 @@ def run_target(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: 
                                           reduction_factor=sched.reduction_factor)
             if sched.type == "asha" else FIFOScheduler())
     print(f"[target:{task}] sweep over {sorted(stage.search_space)} ({sched.type}), {stage.steps} steps per trial", flush=True)
-    rows = _rows(ctx, task, _sweep(ctx, task, shared, by_name, mpt_space, ctx.job_name("target", task), asha))
+    rows = _rows(ctx, task, _sweep(ctx, task, shared, by_name, mpt_space, ctx.job_name(f"target:{task}"), asha))
     if baseline_space:
         print(f"[target:{task}] baselines {stage.baselines}", flush=True)
         rows += _rows(ctx, task, _sweep(ctx, task, shared, by_name, baseline_space,
-                                        ctx.job_name("baselines", task), FIFOScheduler()))
+                                        ctx.job_name(f"target:{task}") + "-baselines", FIFOScheduler()))
     return rows
+
+
+def _progress(tag: str, step: int, steps: int, metrics: dict[str, float]) -> None:
+    print(f"[{tag}] step {step}/{steps}: {_fmt(metrics)}", flush=True)
 
 
 def _fmt(metrics: dict) -> str:

@@ -34,6 +34,20 @@ class TrackingError(RuntimeError):
     """The tracking store does not answer or refuses a request."""
 
 
+class StageFailed(RuntimeError):
+    """A stage that failed for good, named with its task and its cause (what ``run`` reports)."""
+
+
+def root_cause(err: BaseException) -> str:
+    """The line of a (possibly Ray-wrapped) error that says what went wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for marker in ("StageFailed: ", "Error: ", "Exception: "):
+        hits = [line for line in lines if marker in line]
+        if hits:
+            return hits[-1].split("StageFailed: ")[-1]
+    return lines[-1] if lines else type(err).__name__
+
+
 @dataclass(frozen=True)
 class TrackingContext:
     """What a Ray task or trial needs to log into the pipeline's run tree (picklable)."""
@@ -154,16 +168,26 @@ def child_run(ctx: TrackingContext, stage: str, task: str, run_name: str, params
         logger.set_tags({"mpt.stopped_by_scheduler": "true"})
         logger.end("FINISHED")
         raise
-    except BaseException as err:
-        logger.set_tags({"mpt.error": f"{type(err).__name__}: {err}"[:4000]})
+    except Exception as err:
+        cause = root_cause(err)
+        logger.set_tags({"mpt.error": cause[:4000]})
         logger.end("FAILED")
+        raise StageFailed(f"stage {stage}, task {task}: {cause}") from err
+    except BaseException as err:  # KeyboardInterrupt and the like: not the stage's fault
+        logger.set_tags({"mpt.error": type(err).__name__})
+        logger.end("KILLED")
         raise
     logger.end("FINISHED")
 
 
+DRIVER_TAG = "mpt.driver"
+
+
 def start_parent_run(uri: str, experiment_id: str, run_name: str, params: dict[str, Any],
                      tags: dict[str, Any]) -> RunLogger:
+    """The pipeline's run, tagged with the driver process so a later run can tell it died."""
     client = MlflowClient(uri)
+    tags = {**tags, DRIVER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
     run = client.create_run(experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
     logger = RunLogger(uri, run.info.run_id)
     logger.log_params(params)
@@ -180,6 +204,29 @@ def finish_stray_runs(ctx: TrackingContext, filter_tags: dict[str, str], status:
         client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in extra_tags.items()])
         client.set_terminated(run.info.run_id, status)
     return len(runs)
+
+
+def close_orphaned_runs(uri: str, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING pipelines whose driver process on this host is gone (killed with
+    SIGKILL, say), and their RUNNING child runs; returns the parent run ids."""
+    import psutil
+
+    client = MlflowClient(uri)
+    host = socket.gethostname()
+    parents = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{DRIVER_TAG}` LIKE '{host}:%'",
+                                 max_results=1000)
+    closed = []
+    for parent in parents:
+        pid = int(parent.data.tags[DRIVER_TAG].rsplit(":", 1)[1])
+        if psutil.pid_exists(pid) and pid != os.getpid():
+            continue
+        children = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' "
+                                      "and attributes.status = 'RUNNING'", max_results=10000)
+        for run in [*children, parent]:
+            client.set_tag(run.info.run_id, "mpt.error", "the pipeline driver died while this run was RUNNING")
+            client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(parent.info.run_id)
+    return closed
 
 
 def ui_command(uri: str) -> str:

@@ -92,12 +92,14 @@ def autocast(device: torch.device):
 def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps: int, lr: float,
         head_lr: float, weight_decay: float, eval_every: int, evaluate: Callable[[], dict[str, float]],
         on_step: Callable[[int, float], None] = lambda step, loss: None,
-        on_eval: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
+        on_eval: Callable[[int, dict[str, float], dict], None] = lambda step, metrics, state: None,
         start_step: int = 0, optimizer_state: dict | None = None) -> dict[str, float]:
     """Train the parameters that require grad; evaluate every ``eval_every`` steps and at the end.
 
-    ``on_step`` gets each step's loss; ``on_eval`` gets the eval metrics and ``train_loss_avg``, the
-    mean loss since the previous eval.
+    ``on_step`` gets each step's loss; ``on_eval`` gets the eval metrics with ``train_loss_avg`` (the
+    mean loss since the previous eval) and the optimizer/schedule state to checkpoint. Resuming at
+    ``start_step`` with that state continues the same schedule. A non-finite loss stops training with
+    FloatingPointError rather than silently training on NaNs.
 
     The classifier head gets its own learning rate: prompt tuning wants lr ~0.3, which makes a
     linear head diverge.
@@ -114,9 +116,16 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
         schedule.load_state_dict(optimizer_state["schedule"])
     metrics: dict[str, float] = {}
     window: list[float] = []
+    if start_step >= steps:  # resumed after the last step: report the final state once more
+        model.eval()
+        metrics = evaluate()
+        on_eval(steps, metrics, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
+        return metrics
     for step in range(start_step + 1, steps + 1):
         model.train()
         loss = loss_fn(step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}: training diverged; lower the learning rate")
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimizer.step()
@@ -128,7 +137,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
             model.eval()
             metrics = {"train_loss_avg": sum(window) / len(window), **evaluate()}
             window.clear()
-            on_eval(step, metrics)
+            on_eval(step, metrics, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
     return metrics
 
 

@@ -208,7 +208,7 @@ def test_fit_lowers_the_loss_and_reports_each_eval(bert_dir):
     before = eval_loss()
     fit(model, lambda step: task_loss(model, fixed, "SEQ_CLS"), steps=30, lr=0.3, head_lr=0.05, weight_decay=0.0,
         eval_every=10, evaluate=lambda: evaluate(model, data, "validation", enc),
-        on_step=lambda s, v: losses.append(v), on_eval=lambda s, m: evals.append((s, m)))
+        on_step=lambda s, v: losses.append(v), on_eval=lambda s, m, state: evals.append((s, m)))
     after = eval_loss()
     assert len(losses) == 30 and [s for s, _ in evals] == [10, 20, 30]
     assert set(evals[-1][1]) == {"train_loss_avg", "eval_accuracy"}

@@ -1,7 +1,9 @@
-"""The smoke pipeline end to end on a real local Ray, in both task types, checked through MLflow."""
+"""The smoke pipeline end to end on a real local Ray, in both task types, checked through MLflow;
+then the same store again: cached stages are reused, and nothing secret was ever logged."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,19 +19,56 @@ from orchestrator.train import Encoder, evaluate
 from orchestrator.tracking import PARENT_TAG, STAGE_TAG, TASK_TAG
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "pipelines" / "smoke.yaml")
+# Fake secrets in the environment of the driver and (through Ray) every worker, set before Ray starts.
+SECRETS = {"HF_TOKEN": "hf_SENTINEL0secret0token", "MLFLOW_TRACKING_PASSWORD": "SENTINEL-mlflow-password",
+           "AWS_SECRET_ACCESS_KEY": "SENTINEL/aws/secret/key"}
+os.environ.update(SECRETS)
+
 VARIANTS = {
     "seq_cls": [],
     "seq2seq": ["--set", "model.name_or_path=tiny:t5", "--set", "model.task_type=SEQ_2_SEQ_LM"],
 }
 
 
+def run_smoke(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """The CLI, in process, on the module's Ray; returns its exit code and what it printed."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with contextlib.redirect_stdout(out):
+            rc = main(["run", SMOKE, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *args])
+    finally:
+        os.chdir(cwd)
+    return rc, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def seq_cls_store(local_ray, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("seq_cls")
+    rc, out = run_smoke(tmp_path)
+    assert rc == 0, out
+    return tmp_path, out
+
+
+def runs_of(uri: str, name: str = "mpt-smoke"):
+    client = MlflowClient(uri)
+    return client, client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_smoke_pipeline_builds_the_run_tree(local_ray, tmp_path, monkeypatch, variant, capsys):
-    monkeypatch.chdir(tmp_path)
+def test_smoke_pipeline_builds_the_run_tree(local_ray, seq_cls_store, tmp_path_factory, variant):
+    if variant == "seq_cls":
+        tmp_path, out = seq_cls_store
+    else:
+        tmp_path = tmp_path_factory.mktemp(variant)
+        rc, out = run_smoke(tmp_path, *VARIANTS[variant])
+        assert rc == 0, out
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert main(["run", SMOKE, "--tracking-uri", uri, *VARIANTS[variant]]) == 0
-    out = capsys.readouterr().out
     assert "Best per target and method" in out and "mlflow ui --backend-store-uri" in out
 
     spec = load_spec(SMOKE, [v for v in VARIANTS[variant] if v != "--set"])
@@ -73,3 +112,45 @@ def test_smoke_pipeline_builds_the_run_tree(local_ray, tmp_path, monkeypatch, va
     logged = client.get_metric_history(best.info.run_id, metric)
     assert again == pytest.approx(logged[-1].value)
     assert client.get_metric_history(best.info.run_id, "test_" + metric.removeprefix("eval_"))
+
+
+@pytest.mark.slow
+def test_nothing_secret_is_logged(seq_cls_store, tmp_path):
+    store, _ = seq_cls_store
+    client, runs = runs_of(f"sqlite:///{store}/mlflow.db")
+    texts = []
+    for run in runs:
+        texts += [*run.data.params.values(), *run.data.tags.values(), *run.data.params, *run.data.tags]
+        local = client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id))
+        texts += [p.read_bytes().decode("latin-1") for p in Path(local).rglob("*") if p.is_file()]
+    assert len(texts) > 100  # params, tags and artifact files were all read
+    for secret in SECRETS.values():
+        assert not any(secret in text for text in texts), f"{secret} leaked"
+
+
+@pytest.mark.slow
+def test_a_second_run_reuses_every_finished_stage(seq_cls_store):
+    store, _ = seq_cls_store
+    uri = f"sqlite:///{store}/mlflow.db"
+    _, before = runs_of(uri)
+    rc, out = run_smoke(store)
+    assert rc == 0, out
+    assert "reused 4 stage(s) from earlier runs: distill, source:nli, source:sentiment, target:review_polarity" in out
+    _, after = runs_of(uri)
+    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    assert len(new) == 1 and PARENT_TAG not in new[0].data.tags and new[0].info.status == "FINISHED"
+    assert "Best per target and method" in out
+
+
+@pytest.mark.slow
+def test_changing_a_target_search_space_retrains_only_that_target(seq_cls_store):
+    store, _ = seq_cls_store
+    uri = f"sqlite:///{store}/mlflow.db"
+    _, before = runs_of(uri)
+    rc, out = run_smoke(store, "--set", "target.search_space={rank: {grid: [1]}, lr: {grid: [0.1]}}")
+    assert rc == 0, out
+    assert "reused 3 stage(s) from earlier runs: distill, source:nli, source:sentiment" in out
+    _, after = runs_of(uri)
+    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    stages = sorted(r.data.tags.get(STAGE_TAG, "parent") for r in new)
+    assert stages == ["parent", "target", "target"]  # one MPT trial + one vanilla_pt baseline

@@ -1,0 +1,150 @@
+"""Stage fingerprints and reuse of finished stages from the MLflow experiment.
+
+A stage's fingerprint hashes what determines its output: its own settings (not the resources that
+only change speed), the base model, the prompt length, its task data spec, the seed, and its upstream
+stages' fingerprints. A FINISHED run with the same fingerprint and its artifacts is reused instead of
+retrained; so is a target whose results an earlier (possibly failed) pipeline already recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from .distill import Teacher
+from .spec import PipelineSpec
+from .tracking import FINGERPRINT_TAG, STAGE_TAG, RunLogger, TrackingContext
+
+STAGES = ("source", "distill", "target")
+# Bump when a change to the method makes earlier results incomparable.
+METHOD_VERSION = "1"
+TARGET_RESULTS = "targets"
+
+
+def _digest(*parts) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprints(spec: PipelineSpec) -> dict[str, str]:
+    """``{"source:<task>": fp, "distill": fp, "target:<task>": fp}``."""
+    common = {"model": spec.model.model_dump(), "prompt": spec.prompt.model_dump(), "seed": spec.seed,
+              "method_version": METHOD_VERSION}
+
+    def settings(stage) -> dict:
+        # Worker count changes how data is sharded, so it is part of the result; CPUs and GPUs are not.
+        out = stage.model_dump(by_alias=True, exclude={"resources", "max_failures", "max_concurrent_trials"})
+        out["num_workers"] = stage.resources.num_workers
+        return out
+
+    fps = {f"source:{t}": _digest(common, settings(spec.source), spec.task(t).model_dump()) for t in spec.sources}
+    fps["distill"] = _digest(common, settings(spec.distill), [fps[f"source:{t}"] for t in spec.sources])
+    upstream = [fps["distill"]] + ([fps[f"source:{t}"] for t in spec.sources]
+                                   if "single_source" in spec.target.baselines else [])
+    for t in spec.targets:
+        fps[f"target:{t}"] = _digest(common, settings(spec.target), spec.task(t).model_dump(), upstream)
+    return fps
+
+
+def forced_stages(rerun: list[str], no_cache: bool) -> set[str]:
+    """Stages that must run again: ``--rerun X`` forces X and every stage after it (their inputs change)."""
+    if no_cache:
+        return set(STAGES)
+    first = min((STAGES.index(r) for r in rerun), default=len(STAGES))
+    return set(STAGES[first:])
+
+
+def _finished_run(ctx: TrackingContext, stage: str, fingerprint: str):
+    client = MlflowClient(ctx.uri)
+    runs = client.search_runs(
+        [ctx.experiment_id],
+        f"tags.`{STAGE_TAG}` = '{stage}' and tags.`{FINGERPRINT_TAG}` = '{fingerprint}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.end_time DESC"], max_results=5)
+    return client, runs
+
+
+def _download(client: MlflowClient, run_id: str, path: str, into: str) -> Path | None:
+    try:
+        return Path(client.download_artifacts(run_id, path, into))
+    except Exception:  # artifact deleted or store moved: the run cannot be reused, so retrain
+        return None
+
+
+def reuse_source(ctx, task: str) -> Teacher | None:
+    """The teacher of an earlier FINISHED run with this source's fingerprint, or None."""
+    if "source" in ctx.forced:
+        return None
+    client, runs = _finished_run(ctx.tracking, "source", ctx.fingerprints[f"source:{task}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            file = _download(client, run.info.run_id, f"teacher/teacher_{task}.safetensors", tmp)
+            if file is not None:
+                _note_reuse(ctx, f"source:{task}", run.info.run_id)
+                return Teacher.from_tensors(task, load_file(str(file)))
+    return None
+
+
+def reuse_distill(ctx):
+    """The shared prompt (and student heads) of an earlier FINISHED distillation, or None."""
+    from .stages import SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt
+
+    if "distill" in ctx.forced:
+        return None
+    client, runs = _finished_run(ctx.tracking, "distill", ctx.fingerprints["distill"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            shared = _download(client, run.info.run_id, SHARED_PROMPT_FILE, tmp)
+            if shared is None:
+                continue
+            heads = _download(client, run.info.run_id, STUDENT_HEADS_FILE, tmp)
+            _note_reuse(ctx, "distill", run.info.run_id)
+            return SharedPrompt(load_file(str(shared)), load_file(str(heads)) if heads else {})
+    return None
+
+
+def _target_tag(task: str) -> str:
+    return f"mpt.cache.target.{task}"
+
+
+def reuse_target(ctx, task: str) -> list[dict] | None:
+    """The result rows an earlier pipeline recorded for this target's fingerprint, or None."""
+    if "target" in ctx.forced:
+        return None
+    client = MlflowClient(ctx.tracking.uri)
+    runs = client.search_runs([ctx.tracking.experiment_id],
+                              f"tags.`{_target_tag(task)}` = '{ctx.fingerprints[f'target:{task}']}'",
+                              order_by=["attributes.start_time DESC"], max_results=5)
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            file = _download(client, run.info.run_id, f"{TARGET_RESULTS}/{task}.json", tmp)
+            if file is not None:
+                _note_reuse(ctx, f"target:{task}", run.info.run_id)
+                return [{**row, "reused_from": run.info.run_id} for row in json.loads(file.read_text())]
+    return None
+
+
+def record_target(ctx, task: str, rows: list[dict]) -> None:
+    """Keep a finished target's rows on the parent run, so a later run can reuse them even if this
+    pipeline fails in another target."""
+    parent = RunLogger(ctx.tracking.uri, ctx.tracking.parent_run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / f"{task}.json"
+        file.write_text(json.dumps(rows, default=str, indent=1))
+        parent.log_artifact(file, TARGET_RESULTS)
+    parent.set_tags({_target_tag(task): ctx.fingerprints[f"target:{task}"]})
+
+
+def _note_reuse(ctx, key: str, run_id: str) -> None:
+    RunLogger(ctx.tracking.uri, ctx.tracking.parent_run_id).set_tags({f"mpt.reused.{key}": run_id})
+    print(f"[cache] {key}: reused from run {run_id} (same fingerprint)", flush=True)
+
+
+def reused_stages(uri: str, parent_run_id: str) -> dict[str, str]:
+    tags = MlflowClient(uri).get_run(parent_run_id).data.tags
+    return {k.removeprefix("mpt.reused."): v for k, v in tags.items() if k.startswith("mpt.reused.")}
