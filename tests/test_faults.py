@@ -41,11 +41,13 @@ def kill_a_train_worker_after_its_first_checkpoint(storage: Path, killed: list[i
     """SIGKILL one Ray Train worker of a source job once that job has a checkpoint to restart from."""
     while not stop.is_set():
         if any(storage.glob("mpt-smoke-source-*/checkpoint_*")):
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if (proc.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"):
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    return
+            # only this test's Ray (started by this process), never another Ray on the machine
+            for proc in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if (proc.cmdline() or [""])[0].startswith("ray::RayTrainWorker"):
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.append(proc.pid)
+                        return
         time.sleep(0.1)
 
 
