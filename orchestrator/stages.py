@@ -101,18 +101,26 @@ def _report_checkpoint(model: torch.nn.Module, step: int, metrics: dict[str, flo
 
 
 def _resume(model: torch.nn.Module, logger: RunLogger | None, tag: str) -> tuple[int, dict | None]:
-    """Restore the last checkpoint after a worker failure or an interrupted run: (step, optimizer state)."""
+    """Restore the last checkpoint after a worker failure or an interrupted run: (step, optimizer state).
+
+    Rank 0 counts attempts on the MLflow run (tag ``mpt.attempts``), so a restart is recorded even
+    when it had no checkpoint to start from.
+    """
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, None
-    with checkpoint.as_directory() as d:
-        _unwrap(model).load_state_dict(load_file(str(Path(d) / TRAINABLE_FILE)), strict=False)
-        state = torch.load(Path(d) / STATE_FILE, weights_only=True)
-    step = state.pop("step")
+    step, state = 0, None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            _unwrap(model).load_state_dict(load_file(str(Path(d) / TRAINABLE_FILE)), strict=False)
+            state = torch.load(Path(d) / STATE_FILE, weights_only=True)
+        step = state.pop("step")
     if logger:
-        logger.log_metrics(step, {"restarted_from_step": step})
-        logger.set_tags({"mpt.restarted": "true"})
-    print(f"[{tag}] resumed from the checkpoint at step {step}", flush=True)
+        attempts = int(logger.client.get_run(logger.run_id).data.tags.get("mpt.attempts", 0)) + 1
+        logger.set_tags({"mpt.attempts": attempts})
+        if attempts > 1 or checkpoint is not None:
+            logger.log_metrics(step, {"restarted_from_step": step})
+            logger.set_tags({"mpt.restarted": "true"})
+    if checkpoint is not None:
+        print(f"[{tag}] resumed from the checkpoint at step {step}", flush=True)
     return step, state
 
 
