@@ -107,6 +107,8 @@ class Resources(Strict):
 
 
 class TrainSpec(Strict):
+    """One training run; for target trials these are the defaults the search space overrides."""
+
     steps: int = Field(200, gt=0, description="Optimizer steps.")
     lr: float = Field(0.3, gt=0, description="Learning rate of the prompt (AdamW); the paper uses 0.3.")
     head_lr: float = Field(0.01, gt=0, description="Learning rate of the classifier head (SEQ_CLS).")
@@ -134,13 +136,10 @@ class Scheduler(Strict):
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung.")
 
 
-class TargetStage(Strict):
-    steps: int = Field(200, gt=0, description="Optimizer steps per trial (same budget for baselines).")
-    batch_size: int = Field(16, gt=0, description="Default batch size when not searched.")
-    lr: float = Field(0.3, gt=0, description="Default prompt learning rate when not searched.")
-    head_lr: float = Field(0.01, gt=0, description="Default head learning rate when not searched.")
-    weight_decay: float = Field(0.0, ge=0, description="Default AdamW weight decay when not searched.")
-    eval_every: int = Field(50, gt=0, description="Report eval_<metric> to Tune every N steps.")
+class TargetStage(TrainSpec):
+    """Per trial: ``steps`` (the same budget for baselines), and lr/head_lr/batch_size/weight_decay as
+    defaults for whatever the search space does not name; every eval is reported to Tune."""
+
     search_space: dict[str, Any] = Field(
         default_factory=lambda: {"rank": {"grid": [1, 2]}, "lr": {"loguniform": [0.01, 0.3]}},
         description=f"Tune search space over {', '.join(TUNABLE)}: a constant, or one of "
