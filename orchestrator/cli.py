@@ -78,8 +78,11 @@ def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[S
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .preflight import declares_multi_node, multi_node_issues
+
     spec = load(args)
     _, issues = check_inputs(spec, hub_data=args.hub_data)
+    issues += multi_node_issues(spec, declared=declares_multi_node(spec))
     if issues:
         raise SpecError(issues, args.spec)
     unchecked = [t.name for t in spec.tasks if t.kind == "hf"] if not args.hub_data else []
@@ -131,28 +134,47 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load(args)
     print("\n".join(plan_lines(spec)))
+    if args.address:  # only when asked: plain `plan` stays offline
+        from .preflight import preflight
+
+        issues = preflight(spec)
+        if issues:
+            raise SpecError(issues, f"{args.spec} against the cluster at {spec.cluster.address}")
+        print(f"pre-flight against {spec.cluster.address}: every stage fits, tracking answers, storage is writable")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load(args)
     model_dir, issues = check_inputs(spec)
-    if issues:
-        raise SpecError(issues, args.spec)
+    _set_local_ray_loopback(spec)
+    import ray
+
+    from .preflight import preflight
     from .tracking import TrackingError
 
+    owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already be connected
+    issues += preflight(spec)  # resources fit, tracking answers, storage writable: before any compute
+    if issues:
+        if owns_ray:
+            ray.shutdown()
+        raise SpecError(issues, args.spec)
     try:
-        return _run(spec, model_dir, args.spec, args.rerun, args.no_cache)
+        return _run(spec, model_dir, args.spec, args.rerun, args.no_cache, owns_ray)
     except TrackingError as err:
         raise SpecError([SpecIssue(field="tracking.uri", value=spec.tracking_uri(), message=str(err),
                                    fix="start the server or fix the URI")], args.spec) from None
 
 
-def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], no_cache: bool) -> int:
+def _set_local_ray_loopback(spec: PipelineSpec) -> None:
     if spec.cluster.address is None and "RAY_ADDRESS" not in os.environ:
         # Every port of a local Ray then binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts"); Ray reads
         # this once, at import, so it is set before the first `import ray`.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], no_cache: bool,
+         owns_ray: bool) -> int:
     import ray
 
     from . import cache, dag, report
@@ -169,8 +191,7 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
     parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
                               {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
     parent.log_artifact(_spec_file(spec, run_tag), "spec")
-    owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already be connected
-    if owns_ray:
+    if not ray.is_initialized():
         ray.init(address=spec.cluster.address, logging_level="WARNING")
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
                           spec.storage(), run_tag, cache.fingerprints(spec),

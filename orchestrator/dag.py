@@ -54,14 +54,22 @@ def report_node(ctx: PipelineContext, parent_run_id: str, *target_rows: list[dic
     return table
 
 
-# More jobs than CPUs is normal (sources queue for their turn): Ray Train's default 60 s wait for a
-# worker group would fail and retry them noisily.
-QUEUED_JOBS = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(7 * 24 * 3600)}}
+def train_job_env() -> dict:
+    """The runtime env of the nodes that start Ray Train jobs.
+
+    More jobs than CPUs is normal (sources queue for their turn), so Ray Train's default 60 s wait for
+    a worker group, which fails and retries noisily, is lifted. And Ray Train's helper actors call
+    ``ray.init()`` without an address: with a second Ray on the machine that fails ("multiple active
+    Ray instances"), so they are told which cluster is theirs.
+    """
+    return {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(7 * 24 * 3600),
+                         "RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
 
 
 def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     spec = ctx.spec
-    teachers = [source_node.options(runtime_env=QUEUED_JOBS).remote(ctx, task) for task in spec.sources]
-    shared = distill_node.options(runtime_env=QUEUED_JOBS).remote(ctx, *teachers)
+    env = train_job_env()
+    teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in spec.sources]
+    shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
     targets = [target_node.remote(ctx, task, shared, *teachers) for task in spec.targets]
     return ray.get(report_node.remote(ctx, ctx.tracking.parent_run_id, *targets))
