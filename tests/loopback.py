@@ -7,8 +7,13 @@
   ``node2``), never ``ray.init``-connected in this process; ``LoopbackCluster.stop()``.
 - ``listening_sockets(pids)`` / ``ss_listening_sockets(pids)`` / ``non_loopback(...)``: every
   listening TCP socket (and bound UDP socket) of a set of processes and their children.
+- ``assert_all_loopback(procs, what)``: fail unless every listener (psutil, and ``ss`` when
+  present) is on loopback; ``ListenerLog``: the same, sampled repeatedly while work runs.
+- ``wait_for_job(client, job_id)``: poll a Ray job until it ends.
 - ``process_tree(pids)`` / ``kill_tree(procs)`` / ``reaping(...)``: cleanup by PID, never by
   name and never with ``ray stop`` (which would kill every Ray on the machine).
+- ``NO_PHONE_HOME``: environment that turns off MLflow, Hugging Face and Ray usage telemetry, for
+  every process started here (nothing may send beyond loopback).
 
 Everything started here is stopped by PID in ``finally`` blocks; use the context managers
 ``mlflow_server(tmp_dir)`` and ``loopback_cluster()`` to get that for free.
@@ -43,6 +48,14 @@ from typing import Iterable, Iterator
 import psutil
 
 LOOPBACK = "127.0.0.1"
+NO_PHONE_HOME = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 
 
 # ----------------------------------------------------------------------------- ports, sockets
@@ -145,6 +158,59 @@ def ss_listening_sockets(pids: Iterable[int | psutil.Process]) -> list[Listener]
 
 def non_loopback(listeners: Iterable[Listener]) -> list[Listener]:
     return [l for l in listeners if not is_loopback(l.ip)]
+
+
+def assert_all_loopback(procs: Iterable[int | psutil.Process], what: str) -> list[Listener]:
+    """Every listening socket of ``procs`` (and children) is on loopback, per psutil and per ss(8)."""
+    procs = list(procs)
+    listeners = listening_sockets(procs)
+    assert listeners, f"{what}: found no listening sockets at all (the check would be vacuous)"
+    bad = non_loopback(listeners)
+    assert not bad, f"{what}: listening beyond loopback:\n" + "\n".join(map(str, bad))
+    try:  # independent second opinion, when ss is installed
+        ss = ss_listening_sockets(procs)
+    except (FileNotFoundError, subprocess.SubprocessError):
+        ss = []
+    bad_ss = non_loopback(ss)
+    assert not bad_ss, f"{what}: ss shows listeners beyond loopback:\n" + "\n".join(map(str, bad_ss))
+    return listeners
+
+
+@dataclass
+class ListenerLog:
+    """Listeners seen across repeated samples of a changing set of processes (workers come and go)."""
+
+    seen: set[Listener] = field(default_factory=set)
+    cmdlines: dict[int, str] = field(default_factory=dict)
+    samples: int = 0
+
+    def sample(self, procs: Iterable[int | psutil.Process]) -> None:
+        """One system-wide socket scan (cheaper than one per process), kept for ``procs``' trees."""
+        tree = {p.pid: p for p in process_tree(procs)}
+        found = []
+        for c in psutil.net_connections(kind="inet"):
+            if c.pid not in tree or not c.laddr:
+                continue
+            if (c.type == socket.SOCK_STREAM and c.status != psutil.CONN_LISTEN) or \
+                    (c.type == socket.SOCK_DGRAM and c.raddr):
+                continue
+            try:
+                name = tree[c.pid].name()
+            except psutil.Error:
+                name = "?"
+            found.append(Listener(c.pid, name, "tcp" if c.type == socket.SOCK_STREAM else "udp", c.laddr.ip, c.laddr.port))
+        self.samples += 1
+        for l in found:
+            if l not in self.seen and not is_loopback(l.ip):
+                with contextlib.suppress(psutil.Error):
+                    self.cmdlines[l.pid] = " ".join(" ".join(psutil.Process(l.pid).cmdline()).split())[:300]
+        self.seen.update(found)
+
+    def bad(self) -> list[Listener]:
+        return sorted(non_loopback(self.seen), key=lambda l: (l.pid, l.port))
+
+    def describe(self, listeners: Iterable[Listener]) -> str:
+        return "\n".join(f"{l}  ({self.cmdlines.get(l.pid, '?')})" for l in listeners)
 
 
 # ----------------------------------------------------------------------------- cleanup by PID
@@ -263,7 +329,7 @@ def start_mlflow_server(
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     log_path = root / "mlflow-server.log"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **NO_PHONE_HOME, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -336,6 +402,14 @@ class LoopbackCluster:
                 roots += _as_procs(i.process.pid for i in infos)
         return alive(process_tree(roots))
 
+    def client_env(self) -> dict[str, str]:
+        """Environment for a separate client process (``ray.init(address=self.gcs_address)``, the ray
+        CLI): this cluster's auth mode, RAY_TMPDIR and loopback switch; no inherited RAY_ADDRESS.
+        Without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 a client rewrites 127.0.0.1 to the machine's
+        routable IP before dialling the GCS."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+        return {**env, **self._env}
+
     def stop(self, timeout: float = 20.0) -> list[psutil.Process]:
         """Remove every node, then kill any leftover PID; return survivors (should be [])."""
         if self.stopped:
@@ -373,7 +447,8 @@ def start_loopback_cluster(
     Auth: RAY_AUTH_MODE=disabled for this cluster (explicit, so the result does not depend on
     whether another test's ``ray.init()`` already switched this process to token mode).
     Private RAY_TMPDIR, so the harness's ``ray_current_cluster`` file never replaces the one in
-    /tmp/ray that other people's ``ray.init(address="auto")`` would read.
+    /tmp/ray that other people's ``ray.init(address="auto")`` would read; the second node has its
+    own temp dir under it (sessions, logs, runtime envs), as a second machine would.
     """
     import ray._private.ray_constants as ray_constants
     from ray.cluster_utils import Cluster
@@ -381,6 +456,7 @@ def start_loopback_cluster(
     temp_root = Path(tempfile.mkdtemp(prefix="rlb", dir="/tmp"))  # short: AF_UNIX path limit
     (temp_root / "ray").mkdir()
     env = {
+        **NO_PHONE_HOME,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_TMPDIR": str(temp_root),
         "RAY_AUTH_MODE": "disabled",
@@ -409,6 +485,11 @@ def start_loopback_cluster(
                 )
                 node2 = cluster.add_node(
                     node_ip_address=LOOPBACK,
+                    # Its own temp dir, as on another machine. Sharing the head's would share its
+                    # session dir, where each node's runtime-env agent unpacks a job's working_dir
+                    # with overwrite=True: node2 installing it would delete and re-create the head's
+                    # copy under the job driver running in it (its cwd vanishes: FileNotFoundError).
+                    temp_dir=str(temp_root / "n2"),
                     num_cpus=node2_cpus,
                     resources=node2_resources if node2_resources is not None else {"node2": 1},
                 )
@@ -440,3 +521,19 @@ def loopback_cluster(**kw) -> Iterator[LoopbackCluster]:
         yield lc
     finally:
         lc.stop()
+
+
+def wait_for_job(client, job_id: str, timeout: float = 240.0, poll: float = 0.5, on_poll=None):
+    """Poll a Ray job until it ends; its final JobStatus. ``on_poll()`` runs between polls."""
+    from ray.job_submission import JobStatus
+
+    t0 = time.monotonic()
+    while True:
+        status = client.get_job_status(job_id)
+        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            return status
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"job {job_id} still {status} after {timeout:.0f}s:\n{client.get_job_logs(job_id)[-20000:]}")
+        if on_poll is not None:
+            on_poll()
+        time.sleep(poll)

@@ -1,5 +1,9 @@
-"""End-to-end on loopback: a real 2-node Ray cluster + a real MLflow server, nothing on a
-non-loopback interface, everything stopped by PID (never `ray stop`)."""
+"""Ray 2.60 token auth on a real `ray start --head` bound to loopback, everything stopped by PID
+(never `ray stop`).
+
+The 2-node loopback cluster + MLflow server + job submission end to end is
+tests/test_cluster_job.py (the smoke pipeline as a real job), which covers what a trivial job here
+used to check."""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,127 +30,11 @@ except ImportError:  # tests/ not importable as a package: pytest put tests/ its
 
 pytestmark = pytest.mark.slow
 
-JOB_ENTRYPOINT = 'python -c "import ray; ray.init(); print(ray.cluster_resources())"'
-
 
 def _report(request, timings: dict[str, float]) -> None:
     line = " ".join(f"{k}={v:.1f}s" for k, v in timings.items())
     request.node.user_properties.append(("timings", timings))
     print(f"\n[{request.node.name}] {line}")
-
-
-def _wait_job(client, job_id: str, timeout: float = 240.0):
-    from ray.job_submission import JobStatus
-
-    t0 = time.monotonic()
-    while True:
-        status = client.get_job_status(job_id)
-        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            return status
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"job {job_id} still {status} after {timeout:.0f}s:\n{client.get_job_logs(job_id)}")
-        time.sleep(0.5)
-
-
-def _assert_all_loopback(procs, what: str) -> list[lb.Listener]:
-    listeners = lb.listening_sockets(procs)
-    assert listeners, f"{what}: found no listening sockets at all (the check would be vacuous)"
-    bad = lb.non_loopback(listeners)
-    assert not bad, f"{what}: listening beyond loopback:\n" + "\n".join(map(str, bad))
-    # Independent second opinion from ss(8), when present.
-    try:
-        ss = lb.ss_listening_sockets(procs)
-    except (FileNotFoundError, subprocess.SubprocessError):
-        ss = []
-    bad_ss = lb.non_loopback(ss)
-    assert not bad_ss, f"{what}: ss shows listeners beyond loopback:\n" + "\n".join(map(str, bad_ss))
-    return listeners
-
-
-def test_loopback_cluster_job_and_mlflow(tmp_path, request):
-    from mlflow import MlflowClient
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    timings: dict[str, float] = {}
-    t_start = time.monotonic()
-    # The MLflow server boots (~10-20 s) while the Ray cluster starts.
-    url, mlf = lb.start_mlflow_server(tmp_path / "mlflow", wait=False)
-    lc = None
-    started: list[psutil.Process] = []
-    survivors: list[psutil.Process] = []
-    try:
-        t = time.monotonic()
-        lc = lb.start_loopback_cluster()
-        timings["ray_start"] = time.monotonic() - t
-        t = time.monotonic()
-        lb.wait_for_mlflow(url, mlf)
-        timings["mlflow_ready_after_ray"] = time.monotonic() - t
-        assert url.startswith("http://127.0.0.1:")
-        assert lc.dashboard_url.startswith("http://127.0.0.1:"), lc.dashboard_url
-
-        # Every Ray node registered with a loopback NodeManagerAddress.
-        nodes = [n for n in lc.cluster.global_state.node_table() if n["Alive"]]
-        assert len(nodes) == 2, nodes
-        assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}, nodes
-        assert lc.node_ips == ["127.0.0.1", "127.0.0.1"]
-        assert any(n["Resources"].get("node2") == 1 for n in nodes)
-
-        # Every listening socket of every started process (and children) is loopback.
-        listeners = _assert_all_loopback(lc.processes() + [psutil.Process(mlf.pid)], "after start")
-        ports = {l.port for l in listeners}
-        assert int(url.rsplit(":", 1)[1]) in ports and int(lc.dashboard_url.rsplit(":", 1)[1]) in ports
-
-        # A real job through the job server.
-        t = time.monotonic()
-        client = JobSubmissionClient(lc.dashboard_url)
-        job_id = client.submit_job(entrypoint=JOB_ENTRYPOINT)
-        status = _wait_job(client, job_id)
-        logs = client.get_job_logs(job_id)
-        timings["job"] = time.monotonic() - t
-        assert status == JobStatus.SUCCEEDED, logs
-        assert "'node2': 1.0" in logs and "'CPU': 2.0" in logs, logs
-
-        # Workers, the job supervisor and its driver ran since: check the sockets again.
-        started = lc.processes() + lb.process_tree([mlf.pid])
-        _assert_all_loopback(started, "after the job")
-
-        # A run logged to the server and read back (params, metrics, proxied artifact).
-        t = time.monotonic()
-        ml = MlflowClient(tracking_uri=url)
-        exp_id = ml.create_experiment(f"loopback-{uuid.uuid4().hex[:8]}")
-        run = ml.create_run(exp_id, tags={"mpt.stage": "source"})
-        rid = run.info.run_id
-        ml.log_param(rid, "lr", "0.3")
-        for step, v in enumerate([1.0, 0.5, 0.25]):
-            ml.log_metric(rid, "train_loss", v, step=step)
-        ml.log_text(rid, "hello from loopback", "notes/hello.txt")
-        ml.set_terminated(rid)
-        got = MlflowClient(tracking_uri=url).get_run(rid)
-        timings["mlflow_roundtrip"] = time.monotonic() - t
-        assert got.info.status == "FINISHED"
-        assert got.data.params == {"lr": "0.3"}
-        assert got.data.metrics["train_loss"] == 0.25
-        assert got.data.tags["mpt.stage"] == "source"
-        assert [h.value for h in ml.get_metric_history(rid, "train_loss")] == [1.0, 0.5, 0.25]
-        assert got.info.artifact_uri.startswith("mlflow-artifacts:"), got.info.artifact_uri
-        assert [a.path for a in ml.list_artifacts(rid, "notes")] == ["notes/hello.txt"]
-        stored = list((tmp_path / "mlflow" / "mlartifacts").rglob("hello.txt"))
-        assert stored and stored[0].read_text() == "hello from loopback"
-    finally:
-        t = time.monotonic()
-        if lc is not None:
-            started = lb.process_tree(started) + lc.processes()
-            survivors += lc.stop()
-        started += lb.process_tree([mlf.pid])
-        survivors += lb.stop_mlflow_server(mlf)
-        timings["stop"] = time.monotonic() - t
-        timings["total"] = time.monotonic() - t_start
-        _report(request, timings)
-
-    assert not survivors, [f"{p.pid} {p.name()}" for p in survivors]
-    assert mlf.poll() is not None
-    assert not lb.alive(started), [p.pid for p in lb.alive(started)]
-    assert len(started) > 10  # gcs, raylets, dashboard (+modules), agents, workers, mlflow, ...
 
 
 def _ray_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -217,7 +104,7 @@ def test_token_auth_on_loopback_head(tmp_path, request):
         timings["ray_start"] = time.monotonic() - t
         assert mode.get("authentication_mode") == "token", mode
         tree = lb.process_tree([head.pid])
-        _assert_all_loopback(tree, "ray start --head")
+        lb.assert_all_loopback(tree, "ray start --head")
 
         jobs = ["job", "list", "--address", address]
         status = ["status", "--address", f"127.0.0.1:{gcs_port}"]
