@@ -13,7 +13,8 @@ prints nothing, so ``plan``/``run``/``validate`` can report every problem at onc
   ``experiments/search`` call, 5 s timeout, no retries) or can be created (SQLite: its directory
   is writable). Credentials in the URI never appear in an issue.
 - :func:`storage_issues`: the Ray Train/Tune ``storage_path`` is writable (a probe file is
-  written and deleted; a local directory is created if missing).
+  written and deleted; a local directory that does not exist yet is not created: its nearest
+  existing ancestor is probed instead).
 - :func:`multi_node_issues`: on a cluster of more than one machine, storage and tracking must be
   reachable from every node (``validate`` can ask offline with ``declared=declares_multi_node(spec)``).
 - :func:`preflight`: connects to Ray (or estimates the local machine) and runs all of the above.
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterable
@@ -285,14 +287,20 @@ def _http_cause(err: BaseException, timeout: float) -> str:
 
 
 def _write_probe(directory: Path) -> str | None:
-    """Create ``directory`` if needed and write+delete a probe file in it; the problem, or None."""
+    """Whether files can be created in ``directory``; the problem, or None. Creates nothing that stays:
+    a probe file is written and deleted in ``directory`` or, when it does not exist yet, in its nearest
+    existing ancestor (where Ray's ``mkdir -p`` would start), so ``plan`` leaves no empty dirs behind."""
+    target = directory
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    if not target.is_dir():
+        return f"{target} is not a directory"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=target)
+        os.close(fd)
+        os.unlink(name)
     except OSError as err:
-        return f"{type(err).__name__}: {err.strerror or err}"
+        return f"{target} is not writable ({type(err).__name__}: {err.strerror or err})"
     return None
 
 
@@ -319,7 +327,8 @@ def _with_timeout(fn, timeout: float):
 def storage_issues(storage: str, timeout: float = STORAGE_TIMEOUT_S) -> list[SpecIssue]:
     """Whether Ray Train/Tune can write ``storage`` (``spec.storage()``: an absolute path or a URI).
 
-    A local path (or ``file://`` URI) is created if missing and a probe file is written and deleted.
+    A local path (or ``file://`` URI): a probe file is written and deleted in it, or in its nearest
+    existing ancestor when it does not exist yet (nothing is created).
     Any other URI goes through ``pyarrow.fs.FileSystem.from_uri``, as Ray Train does, and gets a small
     probe object written and deleted (credentials come from the usual places: instance profile, env).
     """
@@ -395,7 +404,8 @@ def multi_node_issues(spec: PipelineSpec, nodes: list[dict] | None = None, node_
         from urllib.parse import urlsplit
 
         host = urlsplit(uri).hostname or ""
-    if "://" not in uri or uri.startswith(("sqlite:", "file:")) or host in ("localhost", "::1") or host.startswith("127."):
+    on_disk = uri.startswith(("sqlite:", "file:", "/", "./", "../", "~"))  # not `databricks` and the like
+    if on_disk or host in ("localhost", "::1") or host.startswith("127."):
         issues.append(SpecIssue(
             field="tracking.uri", value=redact(uri),
             message="every node logs its runs there, and on a cluster of several machines this store "

@@ -256,7 +256,7 @@ class PipelineSpec(Strict):
         return self.tracking.experiment or self.name
 
     def storage(self, base: Path | None = None) -> str:
-        if self.storage_path and "://" in self.storage_path:
+        if self.storage_path and ("://" in self.storage_path or Path(self.storage_path).is_absolute()):
             return self.storage_path
         return str(((base or Path.cwd()) / (self.storage_path or "ray_results")).resolve())
 

@@ -23,7 +23,7 @@ from . import models
 from .distill import Teacher, distill_step_loss, teacher_overrides
 from .spec import PipelineSpec, Resources
 from .tasks import TaskData, load_task
-from .tracking import FINGERPRINT_TAG, RunLogger, TrackingContext, child_run, finish_stray_runs
+from .tracking import FINGERPRINT_TAG, NODE_TAG, RunLogger, TrackingContext, child_run, finish_stray_runs, node_name
 from .train import Encoder, autocast, batch_stream, evaluate, fit, task_loss, to_device
 
 SHARED_PROMPT_FILE = "shared_prompt.safetensors"
@@ -125,10 +125,13 @@ def _resume(model: torch.nn.Module, logger: RunLogger | None, tag: str) -> tuple
 
 
 def _run_logger(config: dict) -> RunLogger | None:
-    """Only rank 0 logs to MLflow, into the run the driver opened for this job."""
+    """Only rank 0 logs to MLflow, into the run the driver opened for this job; it also tags the run
+    with the node the training ran on (the driver opened it from wherever the graph node ran)."""
     if ray.train.get_context().get_world_rank() != 0:
         return None
-    return RunLogger(config["ctx"].tracking.uri, config["run_id"])
+    logger = RunLogger(config["ctx"].tracking.uri, config["run_id"])
+    logger.set_tags({NODE_TAG: node_name()})
+    return logger
 
 
 def _fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, key: str,

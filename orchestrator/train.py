@@ -152,7 +152,7 @@ def predict(model: torch.nn.Module, examples: Sequence[Example], encoder: Encode
     preds: list[int] = []
     for i in range(0, len(examples), batch_size):
         batch = to_device(encoder(examples[i:i + batch_size], label_words, task_id), device)
-        labels = batch.pop("labels")
+        batch.pop("labels")  # generate() and the classifier forward take inputs only
         with autocast(device):
             if encoder.task_type == "SEQ_CLS":
                 logits = model(**batch).logits.float()

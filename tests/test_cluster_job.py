@@ -14,7 +14,6 @@ not fit.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
