@@ -145,6 +145,11 @@ def _fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, key: 
     return trainer.fit()
 
 
+def _step_logger(logger: RunLogger | None):
+    """``on_step`` for a Train worker: rank 0 buffers each step's loss, other ranks log nothing."""
+    return (lambda step, loss: logger.metric(step, "train_loss", loss)) if logger else (lambda step, loss: None)
+
+
 def _checkpoint_tensors(result: ray.train.Result, *names: str) -> list[dict[str, torch.Tensor]]:
     with result.checkpoint.as_directory() as d:
         return [load_file(str(Path(d) / n)) for n in names]
@@ -186,7 +191,7 @@ def source_train_loop(config: dict) -> None:
 
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=stage.eval_every, evaluate=lambda: evaluate(_unwrap(model), data, "validation", encoder),
-        on_step=(lambda s, v: logger.metric(s, "train_loss", v)) if logger else (lambda s, v: None), on_eval=on_eval,
+        on_step=_step_logger(logger), on_eval=on_eval,
         start_step=start, optimizer_state=state)
 
 
@@ -303,7 +308,7 @@ def distill_train_loop(config: dict) -> None:
 
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=stage.eval_every, evaluate=evaluate_all,
-        on_step=(lambda s, v: logger.metric(s, "train_loss", v)) if logger else (lambda s, v: None), on_eval=on_eval,
+        on_step=_step_logger(logger), on_eval=on_eval,
         start_step=start, optimizer_state=state)
 
 
