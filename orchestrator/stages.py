@@ -20,6 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from safetensors.torch import load_file, save_file
 
 from . import models
+from .ddp import NodeBoundTorchConfig
 from .distill import Teacher, distill_step_loss, teacher_overrides
 from .spec import PipelineSpec, Resources
 from .tasks import TaskData, load_task
@@ -137,7 +138,7 @@ def _run_logger(config: dict) -> RunLogger | None:
 def _fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, key: str,
                  max_failures: int) -> ray.train.Result:
     trainer = ray.train.torch.TorchTrainer(
-        loop, train_loop_config=config, scaling_config=_scaling(res),
+        loop, train_loop_config=config, scaling_config=_scaling(res), torch_config=NodeBoundTorchConfig(),
         run_config=ray.train.RunConfig(name=ctx.job_name(key), storage_path=ctx.storage,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures)),

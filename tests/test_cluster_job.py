@@ -83,7 +83,6 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
     lc = None
     pre = None
     log = lb.ListenerLog()
-    wildcard_stores: list[lb.Listener] = []
     started: list[psutil.Process] = []
     survivors: list[psutil.Process] = []
     try:
@@ -213,10 +212,8 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
         started.extend(lc.processes() + lb.process_tree([mlf.pid]))
         log.sample(started)
         assert log.samples >= 3
-        wildcard_stores = [l for l in log.bad() if is_torch_store(l, log)]
-        unexplained = [l for l in log.bad() if not is_torch_store(l, log)]
-        assert not unexplained, f"listening beyond loopback during the job ({log.samples} samples):\n" + \
-            log.describe(unexplained)
+        assert not log.bad(), f"listening beyond loopback during the job ({log.samples} samples):\n" + \
+            log.describe(log.bad())
         lb.assert_all_loopback(lc.processes() + [psutil.Process(mlf.pid)], "after the job")
     finally:
         t = time.monotonic()
@@ -236,18 +233,3 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
     assert mlf.poll() is not None
     assert not lb.alive(started), [p.pid for p in lb.alive(started)]
     assert len({p.pid for p in started}) > 10  # gcs, raylets, dashboard, agents, workers, drivers, mlflow
-    if wildcard_stores:
-        pytest.xfail(
-            "known bug, everything else passed: the rank-0 Ray Train worker of each job serves torch.distributed's "
-            "TCPStore on the wildcard address (PyTorch binds :: / 0.0.0.0 whatever MASTER_ADDR says) while the "
-            "job runs; fix in orchestrator/stages.py by a TorchConfig backend that binds it to the node IP "
-            "(TCPStore(..., master_listen_fd=...)). Seen:\n" + log.describe(wildcard_stores))
-
-
-def is_torch_store(listener: lb.Listener, log: lb.ListenerLog) -> bool:
-    """The listener torch.distributed's TCPStore opens in a rank-0 Ray Train worker (on the wildcard).
-    The process title changes with the method running (``ray::execute._propagate_data_context``), so
-    the worker is recognised by its command line, recorded when the listener was first seen."""
-    worker = "ray::RayTrainWorker"
-    return listener.proto == "tcp" and listener.ip in ("::", "0.0.0.0") and (
-        listener.name.startswith(worker) or log.cmdlines.get(listener.pid, "").startswith(worker))
