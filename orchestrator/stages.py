@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from . import models
 from .ddp import NodeBoundTorchConfig
 from .distill import Teacher, distill_step_loss, teacher_overrides
-from .spec import PipelineSpec, Resources
+from .spec import PipelineSpec, Resources, TargetStage
 from .tasks import TaskData, load_task
 from .tracking import FINGERPRINT_TAG, NODE_TAG, RunLogger, TrackingContext, child_run, finish_stray_runs, node_name
 from .train import Encoder, autocast, batch_stream, evaluate, fit, task_loss, to_device
@@ -32,6 +32,7 @@ STUDENT_HEADS_FILE = "student_heads.safetensors"
 TEACHER_FILE = "teacher.safetensors"
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "train_state.pt"
+BASELINE_KEY = "baseline"  # the baselines sweep's grid: one dict of settings per variant
 
 
 @dataclass(frozen=True)
@@ -366,9 +367,10 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
                  teachers: dict[str, Teacher], sweep: str) -> None:
     """One Tune trial: train one target from its start (MPT or a baseline) and report eval metric."""
     spec, stage = ctx.spec, ctx.spec.target
+    config = trial_settings(config)
     data = load_task(spec.task(task), spec.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and stage.resources.use_gpu else "cpu")
-    params = {"method": config["method"], "rank": config.get("rank", ""), "lr": config["lr"],
+    params = {"method": config["method"], "rank": config.get("rank", ""), "lr": config.get("lr", ""),
               "head_lr": config["head_lr"], "batch_size": config["batch_size"],
               "weight_decay": config["weight_decay"], "steps": stage.steps,
               "num_virtual_tokens": spec.prompt.num_virtual_tokens, "task": task}
@@ -397,7 +399,8 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
                 tune.report({**metrics, "step": step, "trainable_params": trainable, "mlflow_run_id": run.run_id},
                             checkpoint=tune.Checkpoint.from_directory(tmp))
 
-        fit(model, loss_fn, steps=stage.steps, lr=float(config["lr"]), head_lr=float(config["head_lr"]),
+        # the linear probe has no prompt: its lr is unused
+        fit(model, loss_fn, steps=stage.steps, lr=float(config.get("lr", stage.lr)), head_lr=float(config["head_lr"]),
             weight_decay=float(config["weight_decay"]), eval_every=stage.eval_every,
             evaluate=lambda: evaluate(model, data, "validation", encoder, task_id),
             on_step=lambda s, v: run.metric(s, "train_loss", v), on_eval=on_eval)
@@ -443,9 +446,9 @@ def tune_domain(domain):
         else {"uniform": tune.uniform, "loguniform": tune.loguniform}[kind](*arg)
 
 
-def param_spaces(ctx: PipelineContext, sources: list[str]) -> tuple[dict, dict | None]:
-    """The MPT sweep's space, and the baselines' (same lr/head_lr/batch domains, one grid over methods)."""
-    stage = ctx.spec.target
+def param_spaces(stage: TargetStage, sources: list[str]) -> tuple[dict, dict | None]:
+    """The MPT sweep's space, and the baselines': one grid over variants, each prompt method with the
+    same lr domain as MPT, the linear probe (no prompt, so no lr) once."""
     defaults = {"rank": 1, "lr": stage.lr, "head_lr": stage.head_lr, "batch_size": stage.batch_size,
                 "weight_decay": stage.weight_decay}
     space = {**defaults, **{k: tune_domain(v) for k, v in stage.search_space.items()}}
@@ -455,8 +458,14 @@ def param_spaces(ctx: PipelineContext, sources: list[str]) -> tuple[dict, dict |
     methods = [m for m in stage.baselines if m != "single_source"]
     if "single_source" in stage.baselines:
         methods += [f"single_source:{s}" for s in sources]
-    baselines = {k: v for k, v in space.items() if k != "rank"}
-    return mpt, {**baselines, "method": tune.grid_search(methods)}
+    variants = [{"method": m} if m == "head_only" else {"method": m, "lr": space["lr"]} for m in methods]
+    shared = {k: v for k, v in space.items() if k not in ("rank", "lr")}
+    return mpt, {**shared, BASELINE_KEY: tune.grid_search(variants)}
+
+
+def trial_settings(config: dict) -> dict:
+    """A trial's config with its baseline variant (if any) merged in: method, lr, head_lr, ..."""
+    return {**{k: v for k, v in config.items() if k != BASELINE_KEY}, **config.get(BASELINE_KEY, {})}
 
 
 def _sweep(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: dict[str, Teacher], space: dict,
@@ -491,7 +500,7 @@ def _rows(ctx: PipelineContext, task: str, grid: tune.ResultGrid) -> list[dict]:
     metric = f"eval_{ctx.spec.task(task).metric}"
     rows = []
     for result in grid:
-        cfg, m = result.config or {}, result.metrics or {}
+        cfg, m = trial_settings(result.config or {}), result.metrics or {}
         step = m.get("step", 0)
         status = "failed" if result.error else ("early_stopped" if step < stage.steps else "completed")
         rows.append({"task": task, "method": cfg.get("method"), "rank": cfg.get("rank") if cfg.get("method") == "mpt" else None,
@@ -508,7 +517,7 @@ def run_target(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: 
     same step budget, same lr search). Returns one row per trial."""
     stage = ctx.spec.target
     by_name = {t.task: t for t in teachers}
-    mpt_space, baseline_space = param_spaces(ctx, list(by_name))
+    mpt_space, baseline_space = param_spaces(stage, list(by_name))
     sched = stage.scheduler
     n_evals = math.ceil(stage.steps / stage.eval_every)
     asha = (ASHAScheduler(time_attr="training_iteration", max_t=n_evals,
