@@ -152,6 +152,11 @@ def _step_logger(logger: RunLogger | None):
     return (lambda step, loss: logger.metric(step, "train_loss", loss)) if logger else (lambda step, loss: None)
 
 
+def _on_rank0(rank: int, evaluate_fn):
+    """Validation on rank 0 only: every rank holds the same weights, and only rank 0's metrics are logged."""
+    return evaluate_fn if rank == 0 else dict
+
+
 def _checkpoint_tensors(result: ray.train.Result, *names: str) -> list[dict[str, torch.Tensor]]:
     with result.checkpoint.as_directory() as d:
         return [load_file(str(Path(d) / n)) for n in names]
@@ -192,7 +197,7 @@ def source_train_loop(config: dict) -> None:
         _report_checkpoint(model, step, {**metrics, "step": step}, state, {TEACHER_FILE: teacher.tensors()})
 
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
-        eval_every=stage.eval_every, evaluate=lambda: evaluate(_unwrap(model), data, "validation", encoder),
+        eval_every=stage.eval_every, evaluate=_on_rank0(rank, lambda: evaluate(_unwrap(model), data, "validation", encoder)),
         on_step=_step_logger(logger), on_eval=on_eval,
         start_step=start, optimizer_state=state)
 
@@ -309,7 +314,7 @@ def distill_train_loop(config: dict) -> None:
                             STUDENT_HEADS_FILE: student_head_tensors(inner, names, slices)})
 
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
-        eval_every=stage.eval_every, evaluate=evaluate_all,
+        eval_every=stage.eval_every, evaluate=_on_rank0(rank, evaluate_all),
         on_step=_step_logger(logger), on_eval=on_eval,
         start_step=start, optimizer_state=state)
 
@@ -485,8 +490,10 @@ def _sweep(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: dict
     else:
         tuner = tune.Tuner(
             trainable, param_space=space,
+            # reuse_actors: a new trial starts in a finished trial's process, not paying for a fresh one and
+            # the torch/transformers/peft imports again (trials are short: this is a large share of each)
             tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=stage.num_samples, scheduler=scheduler,
-                                        max_concurrent_trials=stage.max_concurrent_trials),
+                                        max_concurrent_trials=stage.max_concurrent_trials, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=ctx.storage, verbose=0),
         )
     grid = tuner.fit()
