@@ -28,8 +28,8 @@ Kinds of task (``TaskSpec.kind``)
     ``nli`` (source)        2       entailment, neutral,             negation ("not", "never"),
                                     contradiction                    polarity, topic generalisation
                                                                      (pasta -> food) -> both targets
-    ``review_polarity``     1       negative, positive               first-person reviews, half of them
-    (target)                                                         negated: polarity (sentiment) x
+    ``review_polarity``     1       negative, positive               first-person reviews, a quarter of
+    (target)                                                         them negated: polarity (sentiment) x
                                                                      negation (nli, paraphrase)
     ``topic_match``         2       no, yes                          do two sentences share a topic:
     (target)                                                         topic words (topic) x pair
@@ -462,7 +462,10 @@ REVIEW_ENDINGS = ("", "Just my opinion.", "That is all.", "Thanks for reading.")
 
 def _review_polarity(rng: random.Random, label: int) -> tuple[str, ...]:
     pol = label == 1
-    negated = rng.random() < 0.5
+    # A quarter negated: the sentiment skill alone decides the other three quarters (the transfer a
+    # source gives), composing it with negation decides the rest. At one half, a sentiment-only
+    # reading scored chance and no source could help (measured: the sentiment teacher 0.53 vs 0.71).
+    negated = rng.random() < 0.25
     word_pol = pol != negated  # a negated review uses a word of the opposite polarity
     topic = rng.choice(REVIEWED_TOPICS)
     if not negated:

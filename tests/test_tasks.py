@@ -137,7 +137,7 @@ def test_embedded_generators_use_their_skills():
     """Spot checks that the shared skills are really in the text (negation, contrast, topics)."""
     review = load_task(TaskSpec(name="review_polarity"), 0)
     negated = [e for e in review.train if " not " in e.texts[0] or " never " in e.texts[0]]
-    assert 0.3 < len(negated) / len(review.train) < 0.8
+    assert 0.15 < len(negated) / len(review.train) < 0.6  # a quarter negated, plus "I never expected ..."
     assert {e.label for e in negated} == {0, 1}, "negation appears with both labels: no shortcut"
     nli = load_task(TaskSpec(name="nli"), 0)
     for label in range(3):
