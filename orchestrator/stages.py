@@ -473,14 +473,24 @@ def trial_settings(config: dict) -> dict:
     return {**{k: v for k, v in config.items() if k != BASELINE_KEY}, **config.get(BASELINE_KEY, {})}
 
 
+def sweep_trainable(fn, name: str, resources: dict, **params):
+    """``fn`` with ``params`` bound, registered with Tune under the sweep's own name.
+
+    Tune keeps trainables in one registry per Ray job, keyed by the function's name, and looks the
+    name up when it starts a trial: with two targets' sweeps running at once, the one registered
+    last would run every trial of both, each logged under the other's target (ray-project/ray#31330).
+    """
+    trainable = tune.with_resources(tune.with_parameters(fn, **params), resources)
+    trainable.__name__ = name
+    return trainable
+
+
 def _sweep(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: dict[str, Teacher], space: dict,
            name: str, scheduler) -> tune.ResultGrid:
     stage = ctx.spec.target
     res = stage.resources
-    trainable = tune.with_resources(
-        tune.with_parameters(target_trial, ctx=ctx, task=task, shared=shared, teachers=teachers, sweep=name),
-        {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker},
-    )
+    trainable = sweep_trainable(target_trial, name, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker},
+                                ctx=ctx, task=task, shared=shared, teachers=teachers, sweep=name)
     metric = f"eval_{ctx.spec.task(task).metric}"
     path = f"{ctx.storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
