@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from .distill import Teacher
+from .method.distill import SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher
 from .spec import PipelineSpec
 from .tracking import FINGERPRINT_TAG, STAGE_TAG, RunLogger, TrackingContext
 
@@ -24,6 +25,8 @@ STAGES = ("source", "distill", "target")
 # Bump when a change to the method makes earlier results incomparable.
 METHOD_VERSION = "1"
 TARGET_RESULTS = "targets"
+
+log = logging.getLogger(__name__)
 
 
 def _digest(*parts) -> str:
@@ -78,12 +81,14 @@ def _download(client: MlflowClient, run_id: str, path: str, into: str) -> Path |
 
 def reuse_source(ctx, task: str) -> Teacher | None:
     """The teacher of an earlier FINISHED run with this source's fingerprint, or None."""
+    from .stages.source import teacher_artifact  # the stage that writes it; it imports Ray Train
+
     if "source" in ctx.forced:
         return None
     client, runs = _finished_run(ctx.tracking, "source", ctx.fingerprints[f"source:{task}"])
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
-            file = _download(client, run.info.run_id, f"teacher/teacher_{task}.safetensors", tmp)
+            file = _download(client, run.info.run_id, teacher_artifact(task), tmp)
             if file is not None:
                 _note_reuse(ctx, f"source:{task}", run.info.run_id)
                 return Teacher.from_tensors(task, load_file(str(file)))
@@ -92,8 +97,6 @@ def reuse_source(ctx, task: str) -> Teacher | None:
 
 def reuse_distill(ctx):
     """The shared prompt (and student heads) of an earlier FINISHED distillation, or None."""
-    from .stages import SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt
-
     if "distill" in ctx.forced:
         return None
     client, runs = _finished_run(ctx.tracking, "distill", ctx.fingerprints["distill"])
@@ -142,7 +145,7 @@ def record_target(ctx, task: str, rows: list[dict]) -> None:
 
 def _note_reuse(ctx, key: str, run_id: str) -> None:
     RunLogger(ctx.tracking.uri, ctx.tracking.parent_run_id).set_tags({f"mpt.reused.{key}": run_id})
-    print(f"[cache] {key}: reused from run {run_id} (same fingerprint)", flush=True)
+    log.info("[cache] %s: reused from run %s (same fingerprint)", key, run_id)
 
 
 def reused_stages(uri: str, parent_run_id: str) -> dict[str, str]:

@@ -7,18 +7,23 @@ then executes the Ray graph and prints the results table and the command that op
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import yaml
 
+from .logs import RAY_SETUP_HOOK
+from .logs import configure as configure_logging
+from .redaction import redact
 from .spec import PipelineSpec, SpecError, SpecIssue, load_spec
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+
+log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,8 +62,8 @@ def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[S
 
     ``hub_data=False`` leaves hub datasets unchecked, so that a cluster spec validates offline.
     """
-    from .models import ModelError, resolve_model_dir
-    from .tasks import check_task
+    from .data import check_task
+    from .method.models import ModelError, resolve_model_dir
 
     issues: list[SpecIssue] = []
     model_dir = ""
@@ -87,16 +92,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise SpecError(issues, args.spec)
     unchecked = [t.name for t in spec.tasks if t.kind == "hf"] if not args.hub_data else []
     note = f"; hub datasets not loaded (add --hub-data): {', '.join(unchecked)}" if unchecked else ""
-    print(f"{args.spec}: ok ({len(spec.sources)} sources, {len(spec.targets)} targets){note}")
+    log.info("%s: ok (%d sources, %d targets)%s", args.spec, len(spec.sources), len(spec.targets), note)
     return 0
-
-
-def trial_count(space: dict, num_samples: int) -> int:
-    grid = 1
-    for dom in space.values():
-        if isinstance(dom, dict) and "grid" in dom:
-            grid *= len(dom["grid"])
-    return grid * num_samples
 
 
 def plan_lines(spec: PipelineSpec) -> list[str]:
@@ -105,11 +102,9 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
         return f"{r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU{gpu})"
 
     t = spec.target
-    mpt_trials = trial_count(t.search_space, t.num_samples)
-    baseline_methods = [b for b in t.baselines if b != "single_source"] + \
-        ([f"single_source:{s}" for s in spec.sources] if "single_source" in t.baselines else [])
-    lr_space = {k: v for k, v in t.search_space.items() if k != "rank"}
-    baseline_trials = len(baseline_methods) * trial_count(lr_space, t.num_samples)
+    mpt_trials = t.search_space.trial_count(["mpt"], t.num_samples)
+    baseline_methods = t.baseline_methods(spec.sources)
+    baseline_trials = t.search_space.trial_count(baseline_methods, t.num_samples)
     lines = [
         f"pipeline {spec.name}: model {spec.model.name_or_path} ({spec.model.task_type}), "
         f"{spec.prompt.num_virtual_tokens} virtual tokens, seed {spec.seed}",
@@ -122,25 +117,26 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
         f"3. targets: {len(spec.targets)} Ray Tune sweeps in parallel, {mpt_trials} MPT trial(s) each "
         f"({t.scheduler.type}) + {baseline_trials} baseline trial(s), {t.steps} steps per trial, "
         f"{res(t.resources)} per trial, max concurrent {t.max_concurrent_trials or 'unlimited'}",
-        *[f"     - target {name}: search {yaml.safe_dump(t.search_space, default_flow_style=True).strip()}"
+        *[f"     - target {name}: search {yaml.safe_dump(t.search_space.root, default_flow_style=True).strip()}"
           for name in spec.targets],
         *([f"     - baselines: {', '.join(baseline_methods)}"] if baseline_methods else []),
         "4. report: results table (CSV) + plot on the parent MLflow run",
-        f"tracking: {spec.tracking_uri()} experiment {spec.experiment_name()!r}; storage: {spec.storage()}",
+        f"tracking: {redact(spec.tracking_uri())} experiment {spec.experiment_name()!r}; "
+        f"storage: {redact(spec.storage())}",
     ]
     return lines
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load(args)
-    print("\n".join(plan_lines(spec)))
+    log.info("\n".join(plan_lines(spec)))
     if args.address:  # only when asked: plain `plan` stays offline
         from .preflight import preflight
 
         issues = preflight(spec)
         if issues:
             raise SpecError(issues, f"{args.spec} against the cluster at {spec.cluster.address}")
-        print(f"pre-flight against {spec.cluster.address}: every stage fits, tracking answers, storage is writable")
+        log.info("pre-flight against %s: every stage fits, tracking answers, storage is writable", spec.cluster.address)
     return 0
 
 
@@ -162,14 +158,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return _run(spec, model_dir, args.spec, args.rerun, args.no_cache, owns_ray)
     except TrackingError as err:
-        raise SpecError([SpecIssue(field="tracking.uri", value=spec.tracking_uri(), message=str(err),
+        raise SpecError([SpecIssue(field="tracking.uri", value=redact(spec.tracking_uri()), message=str(err),
                                    fix="start the server or fix the URI")], args.spec) from None
 
 
 def _set_local_ray_loopback(spec: PipelineSpec) -> None:
     if spec.cluster.address is None and "RAY_ADDRESS" not in os.environ:
-        # Every port of a local Ray then binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts"); Ray reads
-        # this once, at import, so it is set before the first `import ray`.
+        # Every port of a local Ray then binds 127.0.0.1 only (Ray's GCS and raylet otherwise listen on
+        # every interface, whatever the node IP); Ray reads this once, at import, so it is set before
+        # the first `import ray`.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
@@ -178,7 +175,7 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
     import ray
 
     from . import cache, dag, report
-    from .stages import PipelineContext
+    from .stages.context import PipelineContext
     from .tracking import (TrackingContext, close_orphaned_runs, ensure_experiment, root_cause, start_parent_run,
                            ui_command)
 
@@ -186,28 +183,29 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
     artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:") else None
     experiment_id = ensure_experiment(uri, spec.experiment_name(), artifact_root)
     for run_id in close_orphaned_runs(uri, experiment_id):
-        print(f"[pipeline] run {run_id} was left RUNNING by a pipeline that died; marked KILLED", flush=True)
+        log.info("[pipeline] run %s was left RUNNING by a pipeline that died; marked KILLED", run_id)
     run_tag = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
                               {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
     parent.log_artifact(_spec_file(spec, run_tag), "spec")
     if not ray.is_initialized():
-        ray.init(address=spec.cluster.address, logging_level="WARNING")
+        # worker processes configure the project's logger the way main() does for this one
+        ray.init(address=spec.cluster.address, logging_level="WARNING",
+                 runtime_env={"worker_process_setup_hook": RAY_SETUP_HOOK})
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
                           spec.storage(), run_tag, cache.fingerprints(spec),
                           frozenset(cache.forced_stages(rerun, no_cache)))
     started = time.time()
-    print(f"[pipeline] {spec.name} run {run_tag}: {len(spec.sources)} sources -> distill -> "
-          f"{len(spec.targets)} targets; MLflow parent run {parent.run_id}", flush=True)
+    log.info("[pipeline] %s run %s: %d sources -> distill -> %d targets; MLflow parent run %s",
+             spec.name, run_tag, len(spec.sources), len(spec.targets), parent.run_id)
     try:
         table = dag.run_pipeline(ctx)
     except BaseException as err:
         cause = root_cause(err)
         parent.set_tags({"mpt.error": cause[:4000]})
         parent.end("FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
-        print(f"[pipeline] FAILED after {time.time() - started:.0f}s: {cause}\n"
-              f"Earlier stages' runs and artifacts are kept; run the same command again to reuse them.",
-              file=sys.stderr)
+        log.error("[pipeline] FAILED after %.0fs: %s\nEarlier stages' runs and artifacts are kept; "
+                  "run the same command again to reuse them.", time.time() - started, cause)
         return EXIT_FAILED
     finally:
         if owns_ray:
@@ -215,15 +213,14 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
     parent.log_metrics(0, {"wall_time_s": time.time() - started})
     parent.end("FINISHED")
     reused = cache.reused_stages(uri, parent.run_id)
-    print(f"\n[pipeline] reused {len(reused)} stage(s) from earlier runs: {', '.join(sorted(reused)) or 'none'}")
+    log.info("\n[pipeline] reused %d stage(s) from earlier runs: %s", len(reused), ", ".join(sorted(reused)) or "none")
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
-        print("\nAll target trials:")
-        print(table.drop(columns=["mlflow_run_id", "error"]).to_string(index=False))
-        print("\nBest per target and method (chosen on validation; test scored once, on the reloaded model):")
-        print(report.summary(table).to_string(index=False))
-    print(f"\n[pipeline] finished in {time.time() - started:.0f}s. Compare runs in the MLflow UI:\n  {ui_command(uri)}")
+        log.info("\nAll target trials:\n%s", table.drop(columns=["mlflow_run_id", "error"]).to_string(index=False))
+        log.info("\nBest per target and method (chosen on validation; test scored once, on the reloaded model):\n%s",
+                 report.summary(table).to_string(index=False))
+    log.info("\n[pipeline] finished in %.0fs. Compare runs in the MLflow UI:\n  %s", time.time() - started, ui_command(uri))
     return 0
 
 
@@ -254,9 +251,10 @@ def _spec_file(spec: PipelineSpec, run_tag: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_logging()
     try:
         return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan}[args.verb](args)
     except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("error: %s", err)
         return EXIT_BAD_INPUT
 

@@ -2,8 +2,8 @@
 
 Built from remote tasks passing ``ObjectRef`` arguments, which Ray resolves to values before a task
 starts, so each node runs as soon as its inputs exist. A node reuses its stage's earlier result when
-the cache has one (``cache``), else runs it (``stages``); nodes reserve no CPU so they never starve
-the jobs they launch.
+the cache has one (``cache``), else runs the stage (``stages``); nodes reserve no CPU so they never
+starve the jobs they launch.
 """
 
 from __future__ import annotations
@@ -11,25 +11,21 @@ from __future__ import annotations
 import pandas as pd
 import ray
 
-from . import cache, report, stages
-from .distill import Teacher
-from .stages import PipelineContext, SharedPrompt
+from . import cache, report
+from .method.distill import SharedPrompt, Teacher
+from .stages import distill, source, target
+from .stages.context import PipelineContext
 from .tracking import RunLogger
 
 
 @ray.remote(num_cpus=0)
 def source_node(ctx: PipelineContext, task: str) -> Teacher:
-    return cache.reuse_source(ctx, task) or stages.run_source(ctx, task)
+    return cache.reuse_source(ctx, task) or source.run_source(ctx, task)
 
 
 @ray.remote(num_cpus=0)
 def distill_node(ctx: PipelineContext, *teachers: Teacher) -> SharedPrompt:
-    return cache.reuse_distill(ctx) or stages.run_distill(ctx, list(teachers))
-
-
-@ray.remote
-def evaluate_node(ctx: PipelineContext, task: str, method: str, checkpoint, run_id: str) -> dict[str, float]:
-    return stages.evaluate_best(ctx, task, method, checkpoint, run_id)
+    return cache.reuse_distill(ctx) or distill.run_distill(ctx, list(teachers))
 
 
 @ray.remote(num_cpus=0)
@@ -37,12 +33,7 @@ def target_node(ctx: PipelineContext, task: str, shared: SharedPrompt, *teachers
     reused = cache.reuse_target(ctx, task)
     if reused is not None:
         return reused
-    rows = stages.run_target(ctx, task, shared, list(teachers))
-    bests = report.select_best(rows)
-    cpus = ctx.spec.target.resources.cpus_per_worker
-    evaluations = ray.get([evaluate_node.options(num_cpus=cpus).remote(ctx, task, b["method"], b["checkpoint"],
-                                                                       b["mlflow_run_id"]) for b in bests])
-    rows = report.attach_test(rows, bests, evaluations)
+    rows = target.run_target(ctx, task, shared, list(teachers))
     cache.record_target(ctx, task, rows)
     return rows
 

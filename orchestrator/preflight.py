@@ -8,7 +8,7 @@ prints nothing, so ``plan``/``run``/``validate`` can report every problem at onc
   GPU: gpus_per_worker}``; each bundle must fit on one node, and the cluster must hold
   ``num_workers`` of them at once. A Tune trial (``target``) asks for one such bundle. A request
   that fits nowhere does not fail in Ray: it stays PENDING forever (the DAG waits a week for a
-  worker group, ``dag.QUEUED_JOBS``). Ray Train's controller asks for no CPU and is ignored.
+  worker group, ``dag.train_job_env``). Ray Train's controller asks for no CPU and is ignored.
 - :func:`tracking_issues`: the tracking store answers (an MLflow server: one
   ``experiments/search`` call, 5 s timeout, no retries) or can be created (SQLite: its directory
   is writable). Credentials in the URI never appear in an issue.
@@ -22,7 +22,7 @@ prints nothing, so ``plan``/``run``/``validate`` can report every problem at onc
 What counts as "more than one machine": alive nodes with different ``NodeManagerAddress`` values,
 or an autoscaling cluster whose config (``~/ray_bootstrap_config.yaml`` on the head, written by
 ``ray up``) has a worker node type with ``max_workers > 0``. Nodes sharing one address are one
-machine (Ray's own multi-node test harness, ``tests/loopback.py``) and share its disk.
+machine (Ray's own multi-node test harness, ``tests/helpers/loopback.py``) and share its disk.
 
 Storage on more than one machine: a plain path (``/data/ray_results``, ``./ray_results``) is taken
 to be each node's own disk, where Ray Train (>= 2.7) would scatter checkpoints that the driver
@@ -36,10 +36,14 @@ offers ``CPU: 0``). Worker node types from the autoscaler's config count as node
 add, so a request that fits a node type is not an issue. The config is read from the machine the
 check runs on: on the head (``ray job submit``, ``ray exec ... --address auto``) it is found; from
 a laptop pass ``node_types=autoscaling_node_types("cluster.yaml")``.
+
+The module is longer than the others (about 480 lines) on purpose: every check that can make a run
+hang or fail late lives here, in one place, sharing one issue format and one view of the cluster.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import tempfile
@@ -49,8 +53,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .spec import PipelineSpec, Resources, SpecIssue
-from .tracking import redact
+from .spec import PipelineSpec, SpecIssue
+from .redaction import redact
 
 EPS = 1e-6  # Ray keeps resources in units of 1e-4; this only absorbs float noise
 TRACKING_TIMEOUT_S = 5.0
@@ -108,13 +112,6 @@ def autoscaling_node_types(config: dict | str | os.PathLike | None = None) -> li
     return out
 
 
-def _bundle(res: Resources) -> dict[str, float]:
-    bundle = {"CPU": float(res.cpus_per_worker)}
-    if res.gpus_per_worker > 0:
-        bundle["GPU"] = float(res.gpus_per_worker)
-    return bundle
-
-
 def _fits(bundle: dict[str, float], offer: dict[str, float]) -> int:
     """How many copies of ``bundle`` fit in ``offer`` at once."""
     counts = [math.floor(float(offer.get(k, 0.0)) / v + EPS) for k, v in bundle.items() if v > 0]
@@ -146,7 +143,7 @@ def resource_issues(spec: PipelineSpec, nodes: list[dict], node_types: list[dict
     issues = []
     for stage, what, res, is_train_job in stages:
         field = f"{stage}.resources"
-        bundle = _bundle(res)
+        bundle = res.bundle()
         value = res.model_dump()
         per_worker = f"each worker of a {what}" if is_train_job else f"each {what}"
         if not any(_fits(bundle, offer) for offer in potential):
@@ -186,16 +183,6 @@ def resource_issues(spec: PipelineSpec, nodes: list[dict], node_types: list[dict
 # ----------------------------------------------------------------------------- tracking
 
 
-def _scrub(text: str, uri: str) -> str:
-    """``text`` without the URI's userinfo (user:password@), wherever it appears."""
-    if "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
-        userinfo = uri.split("://", 1)[1].split("@", 1)[0]
-        secrets = {userinfo, *userinfo.split(":", 1)}
-        for secret in sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True):
-            text = text.replace(secret, "***")
-    return text
-
-
 def tracking_issues(uri: str, timeout: float = TRACKING_TIMEOUT_S) -> list[SpecIssue]:
     """Whether the tracking store answers (HTTP), or can be written (SQLite); other schemes pass.
 
@@ -206,7 +193,7 @@ def tracking_issues(uri: str, timeout: float = TRACKING_TIMEOUT_S) -> list[SpecI
     shown = redact(uri)
     field = "tracking.uri"
     if uri.startswith(("http://", "https://")):
-        return [SpecIssue(field=field, value=shown, message=_scrub(m, uri), fix=_scrub(f, uri))
+        return [SpecIssue(field=field, value=shown, message=redact(m, uri), fix=redact(f, uri))
                 for m, f in _http_problems(uri, timeout)]
     if uri.startswith("sqlite:"):
         path = uri.split("sqlite:///", 1)[1] if uri.startswith("sqlite:///") else ""
@@ -373,7 +360,7 @@ def declares_multi_node(spec: PipelineSpec) -> bool:
     from urllib.parse import urlsplit
 
     host = (urlsplit(address).hostname if "://" in address else address.rsplit(":", 1)[0].strip("[]")) or ""
-    return not (host == "localhost" or host == "::1" or host.startswith("127."))
+    return not is_loopback(host)
 
 
 def multi_node_issues(spec: PipelineSpec, nodes: list[dict] | None = None, node_types: list[dict] | None = None,
@@ -405,13 +392,25 @@ def multi_node_issues(spec: PipelineSpec, nodes: list[dict] | None = None, node_
 
         host = urlsplit(uri).hostname or ""
     on_disk = uri.startswith(("sqlite:", "file:", "/", "./", "../", "~"))  # not `databricks` and the like
-    if on_disk or host in ("localhost", "::1") or host.startswith("127."):
+    if on_disk or (host and is_loopback(host)):
         issues.append(SpecIssue(
             field="tracking.uri", value=redact(uri),
             message="every node logs its runs there, and on a cluster of several machines this store "
                     "is reachable from one machine only",
             fix="run `mlflow server` on the head and use http://HEAD_PRIVATE_IP:5000 (docs/cluster.md)"))
     return issues
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, or an address in 127.0.0.0/8 or ::1 (IPv4-mapped ones included)."""
+    if host == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])  # fe80::1%eth0: the zone is not part of it
+    except ValueError:  # a host name: only the machine's resolver knows, and a cluster node's may differ
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
 
 
 # ----------------------------------------------------------------------------- all together

@@ -15,10 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .search import TUNABLE, SearchSpace
+
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 TINY_MODELS = ("tiny:bert", "tiny:t5")
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-TUNABLE = ("rank", "lr", "head_lr", "batch_size", "weight_decay")
 BASELINES = ("head_only", "vanilla_pt", "single_source")
 
 
@@ -105,6 +106,10 @@ class Resources(Strict):
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
+    def bundle(self) -> dict[str, float]:
+        """What one worker (or trial) asks Ray for, in Ray's resource names."""
+        return {"CPU": float(self.cpus_per_worker), **({"GPU": float(self.gpus_per_worker)} if self.use_gpu else {})}
+
 
 class TrainSpec(Strict):
     """One training run; for target trials these are the defaults the search space overrides."""
@@ -140,8 +145,8 @@ class TargetStage(TrainSpec):
     """Per trial: ``steps`` (the same budget for baselines), and lr/head_lr/batch_size/weight_decay as
     defaults for whatever the search space does not name; every eval is reported to Tune."""
 
-    search_space: dict[str, Any] = Field(
-        default_factory=lambda: {"rank": {"grid": [1, 2]}, "lr": {"loguniform": [0.01, 0.3]}},
+    search_space: SearchSpace = Field(
+        default_factory=SearchSpace,
         description=f"Tune search space over {', '.join(TUNABLE)}: a constant, or one of "
         "{grid: [...]}, {choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}.",
     )
@@ -153,36 +158,6 @@ class TargetStage(TrainSpec):
     )
     resources: Resources = Field(default_factory=Resources, description="Per Tune trial (num_workers must be 1).")
 
-    @field_validator("search_space")
-    @classmethod
-    def _check_space(cls, space: dict[str, Any]) -> dict[str, Any]:
-        problems = []
-        if not space:
-            problems.append("is empty; name at least rank and lr, e.g. {rank: {grid: [1]}, lr: {grid: [0.1]}}")
-        for key, dom in space.items():
-            if key not in TUNABLE:
-                near = difflib.get_close_matches(key, TUNABLE, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                problems.append(f"unknown key {key!r}{hint}; tunable keys are {', '.join(TUNABLE)}")
-                continue
-            try:
-                values = _domain_values(dom)
-            except ValueError as err:
-                problems.append(f"{key}: {err}")
-                continue
-            for v in values:
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    problems.append(f"{key}: value {v!r} is not a number")
-                elif key in ("rank", "batch_size") and (v != int(v) or v <= 0):
-                    problems.append(f"{key}: value {v!r} must be a positive integer")
-                elif key in ("lr", "head_lr") and v <= 0:
-                    problems.append(f"{key}: value {v!r} must be > 0")
-                elif key == "weight_decay" and v < 0:
-                    problems.append(f"weight_decay: value {v!r} must be >= 0")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return space
-
     @field_validator("resources")
     @classmethod
     def _one_worker(cls, res: Resources) -> Resources:
@@ -190,27 +165,17 @@ class TargetStage(TrainSpec):
             raise ValueError("target trials run one worker each; scale out with more concurrent trials instead")
         return res
 
+    def defaults(self) -> dict[str, Any]:
+        """The trial settings the search space does not name."""
+        return {"rank": 1, "lr": self.lr, "head_lr": self.head_lr, "batch_size": self.batch_size,
+                "weight_decay": self.weight_decay}
 
-def _domain_values(dom: Any) -> list[Any]:
-    """The values a domain spans (bounds for ranges), for validation only."""
-    if isinstance(dom, dict):
-        if len(dom) != 1:
-            raise ValueError(f"a domain has exactly one of grid/choice/uniform/loguniform, got {sorted(dom)}")
-        (kind, arg), = dom.items()
-        if kind in ("grid", "choice"):
-            if not isinstance(arg, list) or not arg:
-                raise ValueError(f"{kind} needs a non-empty list")
-            return arg
-        if kind in ("uniform", "loguniform"):
-            if not isinstance(arg, list) or len(arg) != 2:
-                raise ValueError(f"{kind} needs [low, high]")
-            if all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arg) and arg[0] >= arg[1]:
-                raise ValueError(f"{kind} needs low < high")
-            return arg
-        raise ValueError(f"unknown domain {kind!r}; use grid, choice, uniform or loguniform")
-    if isinstance(dom, list):
-        raise ValueError("a bare list is ambiguous; write {grid: [...]} or {choice: [...]}")
-    return [dom]
+    def baseline_methods(self, sources: list[str]) -> list[str]:
+        """The baselines sweep's methods; ``single_source`` is one method per source task."""
+        methods = [m for m in self.baselines if m != "single_source"]
+        if "single_source" in self.baselines:
+            methods += [f"single_source:{s}" for s in sources]
+        return methods
 
 
 class Tracking(Strict):

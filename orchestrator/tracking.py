@@ -1,4 +1,4 @@
-"""MLflow runs, tags and artifacts (the contract in DESIGN.md).
+"""MLflow runs, tags and artifacts (the contract in docs/design.md).
 
 One experiment per spec name, one parent run per pipeline execution, one child run per source, the
 distillation and every target trial. ``MlflowClient`` with explicit run ids (not mlflow's global
@@ -22,11 +22,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
+from .redaction import redact
+
 STAGE_TAG = "mpt.stage"
 TASK_TAG = "mpt.task"
 FINGERPRINT_TAG = "mpt.fingerprint"
 PIPELINE_TAG = "mpt.pipeline_run"
 NODE_TAG = "mpt.node"
+STOPPED_TAG = "mpt.stopped_by_scheduler"  # a trial the scheduler ended before its step budget
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -72,15 +75,7 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
         location = artifact_root.resolve().as_uri() if artifact_root else None
         return client.create_experiment(name, artifact_location=location)
     except Exception as err:  # MLflow raises many kinds (connection, SQL, REST); all mean the same here
-        raise TrackingError(f"tracking store {redact(uri)} did not answer: {err}") from err
-
-
-def redact(uri: str) -> str:
-    """The URI without credentials, for messages and tags."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+        raise TrackingError(redact(f"tracking store {uri} did not answer: {err}", uri)) from err
 
 
 def node_name() -> str:
@@ -160,13 +155,11 @@ def child_run(ctx: TrackingContext, stage: str, task: str, run_name: str, params
     try:
         yield logger
     except SystemExit as err:
-        if err.code not in (0, None):
-            logger.set_tags({"mpt.error": f"SystemExit: {err.code}"})
-            logger.end("FAILED")
+        if err.code in (0, None):
+            # Tune ending a trial's thread inside tune.report: the sweep's TrialRunCloser ends this run.
             raise
-        # Tune stops a trial its scheduler is done with by raising SystemExit(0) inside tune.report.
-        logger.set_tags({"mpt.stopped_by_scheduler": "true"})
-        logger.end("FINISHED")
+        logger.set_tags({"mpt.error": f"SystemExit: {err.code}"})
+        logger.end("FAILED")
         raise
     except Exception as err:
         cause = root_cause(err)
@@ -192,18 +185,6 @@ def start_parent_run(uri: str, experiment_id: str, run_name: str, params: dict[s
     logger = RunLogger(uri, run.info.run_id)
     logger.log_params(params)
     return logger
-
-
-def finish_stray_runs(ctx: TrackingContext, filter_tags: dict[str, str], status: str, extra_tags: dict[str, str]) -> int:
-    """End runs of this pipeline still RUNNING (e.g. trials Tune stopped early, whose code never resumed)."""
-    client = MlflowClient(ctx.uri)
-    clauses = [f"tags.`{PIPELINE_TAG}` = '{ctx.pipeline_run}'", "attributes.status = 'RUNNING'"]
-    clauses += [f"tags.`{k}` = '{v}'" for k, v in filter_tags.items()]
-    runs = client.search_runs([ctx.experiment_id], " and ".join(clauses), max_results=10000)
-    for run in runs:
-        client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in extra_tags.items()])
-        client.set_terminated(run.info.run_id, status)
-    return len(runs)
 
 
 def close_orphaned_runs(uri: str, experiment_id: str) -> list[str]:

@@ -1,5 +1,6 @@
 """The one fixture that owns a local Ray for the integration tests (per module, so that the
-multi-node cluster tests never run beside it)."""
+multi-node cluster tests never run beside it). At the root of tests/ so that ``helpers`` (the
+loopback cluster, data fixtures) is importable from tests/unit and tests/integration alike."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 
 import pytest
 
-# Every Ray port binds 127.0.0.1 only (DESIGN.md, "Ray 2.60 facts"); set before Ray starts.
+# Every port of a local Ray binds 127.0.0.1 only: without this Ray's GCS and raylet listen on every
+# interface, whatever the node IP. Ray reads it once, when it is first imported, so it is set here,
+# before any test module imports Ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -17,6 +20,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from orchestrator.logs import RAY_SETUP_HOOK
+
+    # Ray's worker processes configure the project's logger the way the CLI's driver does.
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"worker_process_setup_hook": RAY_SETUP_HOOK})
     yield ray
     ray.shutdown()

@@ -1,0 +1,63 @@
+"""The model a target trial trains, for each method, and how it is saved and loaded again.
+
+``mpt`` starts from the distilled P* with u v^T = 1 (PEFT's own N(0, 0.02) start would scale the
+transferred prompt to almost nothing); ``vanilla_pt`` from a random prompt; ``single_source:<task>``
+from one teacher's prompt (SPoT); ``head_only`` is the linear probe of the frozen model. Every
+method gets a fresh classifier head for SEQ_CLS: a target's labels are its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import models
+from .distill import SHARED_PROMPT_FILE, SharedPrompt, Teacher
+
+HEAD_FILE = "head.safetensors"
+
+
+def build_target_model(method: str, rank: int, model_dir: str, task_type: str, num_virtual_tokens: int,
+                       num_labels: int, seed: int, shared: SharedPrompt, teachers: dict[str, Teacher],
+                       workdir: Path) -> torch.nn.Module:
+    """The model ``method`` trains (its forward takes ``task_ids=task_id_of(method)``)."""
+    base = models.load_base_model(model_dir, task_type, num_labels, seed)
+    if method == "mpt":
+        # PEFT reads P* from a file (ONLY_SOURCE_SHARED), so the shared prompt is written for it
+        path = shared.save(workdir / SHARED_PROMPT_FILE)
+        return models.multitask_model(base, task_type, num_virtual_tokens, 1, rank, str(path))
+    if method == "head_only":
+        return models.head_only_model(base)
+    if method == "vanilla_pt":
+        return models.prompt_tuning_model(base, task_type, num_virtual_tokens)
+    source = method.split(":", 1)[1]  # single_source:<task>
+    return models.prompt_tuning_model(base, task_type, num_virtual_tokens, init_prompt=teachers[source].prompt)
+
+
+def task_id_of(method: str) -> int | None:
+    """The ``task_ids`` value a trained target model's forward needs: MPT's one task, else none."""
+    return 0 if method == "mpt" else None
+
+
+def save_trial_model(model: torch.nn.Module, method: str, out: Path) -> None:
+    """PEFT's own format (PeftModel.from_pretrained loads it); the linear probe saves just its head."""
+    if method == "head_only":
+        head = models.head_module(model)
+        save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
+                  str(out / HEAD_FILE))
+    else:
+        model.save_pretrained(str(out))
+
+
+def load_trial_model(method: str, model_dir: str, task_type: str, num_labels: int, seed: int,
+                     saved_dir: str) -> torch.nn.Module:
+    """A trial's saved model, loaded the way a user would (PeftModel.from_pretrained for prompts)."""
+    from peft import PeftModel
+
+    base = models.load_base_model(model_dir, task_type, num_labels, seed)
+    if method == "head_only":
+        models.head_module(base).load_state_dict(load_file(str(Path(saved_dir) / HEAD_FILE)))
+        return base
+    return PeftModel.from_pretrained(base, saved_dir)

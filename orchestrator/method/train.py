@@ -1,0 +1,178 @@
+"""One training loop and one evaluation, used by every stage (pure PyTorch, runs without Ray).
+
+A stage supplies ``loss_fn(step) -> loss`` and ``evaluate() -> metrics``; the loop owns the optimizer,
+the schedule and the cadence of logging. Ray Train / Tune / MLflow only see the callbacks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from ..data import Example, TaskData
+from .metrics import compute_metric
+from .models import HEAD_NAMES
+
+
+@dataclass
+class Encoder:
+    """Turns examples into model inputs: pairs as two segments, labels as ids (SEQ_CLS) or words (seq2seq)."""
+
+    tokenizer: object
+    task_type: str
+    max_length: int
+    max_target_length: int
+
+    def __call__(self, examples: Sequence[Example], label_words: Sequence[str] | None = None,
+                 task_id: int | None = None, label_offset: int = 0) -> dict[str, torch.Tensor]:
+        columns = list(zip(*(ex.texts for ex in examples)))
+        enc = self.tokenizer(*[list(c) for c in columns], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        # PEFT ignores token_type_ids under prompt tuning (the prompt shifts every position) and warns.
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if self.task_type == "SEQ_CLS":
+            batch["labels"] = torch.tensor([ex.label + label_offset for ex in examples])
+        else:
+            words = [label_words[ex.label] for ex in examples]
+            target = self.tokenizer(words, padding=True, truncation=True, max_length=self.max_target_length,
+                                    return_tensors="pt")
+            labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
+            batch["labels"] = labels
+        if task_id is not None:
+            batch["task_ids"] = torch.full((len(examples),), task_id, dtype=torch.long)
+        return batch
+
+
+def batch_stream(examples: Sequence[Example], batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> Iterator[list[Example]]:
+    """Endless seeded epochs over this worker's shard (DDP workers see disjoint examples)."""
+    shard = list(examples)[rank::world_size]
+    if not shard:
+        raise ValueError(f"no training examples for worker {rank} of {world_size}")
+    rng = random.Random(seed)
+    while True:
+        order = shard[:]
+        rng.shuffle(order)
+        for i in range(0, len(order), batch_size):
+            chunk = order[i:i + batch_size]
+            if len(chunk) == batch_size or len(order) < batch_size:
+                yield chunk
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_slice: slice | None = None) -> torch.Tensor:
+    """Cross-entropy over one task's labels (a slice of a head shared by several tasks)."""
+    if label_slice is not None:
+        logits = logits[:, label_slice]
+        labels = labels - label_slice.start
+    return F.cross_entropy(logits, labels)
+
+
+def task_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], task_type: str,
+              label_slice: slice | None = None) -> torch.Tensor:
+    if task_type == "SEQ_CLS":
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return classification_loss(model(**inputs).logits, batch["labels"], label_slice)
+    return model(**batch).loss
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slower there than fp32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps: int, lr: float,
+        head_lr: float, weight_decay: float, eval_every: int, evaluate: Callable[[], dict[str, float]],
+        on_step: Callable[[int, float], None] = lambda step, loss: None,
+        on_eval: Callable[[int, dict[str, float], dict], None] = lambda step, metrics, state: None,
+        start_step: int = 0, optimizer_state: dict | None = None) -> dict[str, float]:
+    """Train the parameters that require grad; evaluate every ``eval_every`` steps and at the end.
+
+    ``on_step`` gets each step's loss; ``on_eval`` gets the eval metrics with ``train_loss_avg`` (the
+    mean loss since the previous eval) and the optimizer/schedule state to checkpoint. Resuming at
+    ``start_step`` with that state continues the same schedule. A non-finite loss stops training with
+    FloatingPointError rather than silently training on NaNs.
+
+    The classifier head gets its own learning rate: prompt tuning wants lr ~0.3, which makes a
+    linear head diverge.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in named if any(f".{h}." in f".{n}" for h in HEAD_NAMES)]
+    rest = [p for n, p in named if not any(f".{h}." in f".{n}" for h in HEAD_NAMES)]
+    groups = [g for g in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10),
+                                               num_training_steps=steps)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state["optimizer"])
+        schedule.load_state_dict(optimizer_state["schedule"])
+    metrics: dict[str, float] = {}
+    window: list[float] = []
+    if start_step >= steps:  # resumed after the last step: report the final state once more
+        model.eval()
+        metrics = evaluate()
+        on_eval(steps, metrics, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
+        return metrics
+    for step in range(start_step + 1, steps + 1):
+        model.train()
+        loss = loss_fn(step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}: training diverged; lower the learning rate")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(loss.item())
+        on_step(step, window[-1])
+        if step % eval_every == 0 or step == steps:
+            model.eval()
+            metrics = {"train_loss_avg": sum(window) / len(window), **evaluate()}
+            window.clear()
+            on_eval(step, metrics, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
+    return metrics
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, examples: Sequence[Example], encoder: Encoder, label_words: Sequence[str],
+            task_id: int | None = None, label_slice: slice | None = None, batch_size: int = 64) -> list[int]:
+    """Class ids; for seq2seq the generated word's index in ``label_words`` (-1 when it is none of them)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    index = {w.strip().lower(): i for i, w in enumerate(label_words)}
+    preds: list[int] = []
+    for i in range(0, len(examples), batch_size):
+        batch = to_device(encoder(examples[i:i + batch_size], label_words, task_id), device)
+        batch.pop("labels")  # generate() and the classifier forward take inputs only
+        with autocast(device):
+            if encoder.task_type == "SEQ_CLS":
+                logits = model(**batch).logits.float()
+                if label_slice is not None:
+                    logits = logits[:, label_slice]
+                preds.extend(logits.argmax(-1).tolist())
+            else:
+                out = model.generate(**batch, max_new_tokens=encoder.max_target_length, do_sample=False, num_beams=1)
+                texts = encoder.tokenizer.batch_decode(out, skip_special_tokens=True)
+                preds.extend(index.get(t.strip().lower(), -1) for t in texts)
+    model.train(was_training)
+    return preds
+
+
+def evaluate(model: torch.nn.Module, data: TaskData, split: str, encoder: Encoder, task_id: int | None = None,
+             label_slice: slice | None = None) -> dict[str, float]:
+    """``{eval_<metric>: value}`` on one split ("validation" for tuning, "test" only for the report)."""
+    examples = getattr(data, split)
+    preds = predict(model, examples, encoder, data.label_words, task_id, label_slice)
+    value = compute_metric(data.metric, preds, [ex.label for ex in examples])
+    prefix = "eval" if split == "validation" else "test"
+    return {f"{prefix}_{data.metric}": value}

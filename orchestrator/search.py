@@ -1,0 +1,122 @@
+"""The target sweeps' search space: the spec's small language for it, checked, and turned into
+Ray Tune's (imported only when a sweep or a test asks for it, so a spec loads without Ray)."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+from pydantic import Field, RootModel, field_validator
+
+TUNABLE = ("rank", "lr", "head_lr", "batch_size", "weight_decay")
+
+BASELINE_KEY = "baseline"  # a multi-method sweep's grid over methods: one dict of settings per method
+
+
+class SearchSpace(RootModel[dict[str, Any]]):
+    """The target sweeps' search space, written in the spec's own small language, and the one place
+    that turns it into Tune's: what each method's trials vary, the Tune param space and the trial
+    count (``plan`` announces exactly what Tune then runs)."""
+
+    root: dict[str, Any] = Field(default_factory=lambda: {"rank": {"grid": [1, 2]}, "lr": {"loguniform": [0.01, 0.3]}})
+
+    @field_validator("root")
+    @classmethod
+    def _check(cls, space: dict[str, Any]) -> dict[str, Any]:
+        problems = []
+        if not space:
+            problems.append("is empty; name at least rank and lr, e.g. {rank: {grid: [1]}, lr: {grid: [0.1]}}")
+        for key, dom in space.items():
+            if key not in TUNABLE:
+                near = difflib.get_close_matches(key, TUNABLE, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                problems.append(f"unknown key {key!r}{hint}; tunable keys are {', '.join(TUNABLE)}")
+                continue
+            try:
+                values = _domain_values(dom)
+            except ValueError as err:
+                problems.append(f"{key}: {err}")
+                continue
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    problems.append(f"{key}: value {v!r} is not a number")
+                elif key in ("rank", "batch_size") and (v != int(v) or v <= 0):
+                    problems.append(f"{key}: value {v!r} must be a positive integer")
+                elif key in ("lr", "head_lr") and v <= 0:
+                    problems.append(f"{key}: value {v!r} must be > 0")
+                elif key == "weight_decay" and v < 0:
+                    problems.append(f"weight_decay: value {v!r} must be >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return space
+
+    @staticmethod
+    def method_keys(method: str) -> tuple[str, ...]:
+        """The settings a method's trials take: rank is MPT's alone, and the linear probe has no
+        prompt, so no prompt lr either (it runs once per head_lr, not once per prompt lr)."""
+        drop = () if method == "mpt" else ("rank", "lr") if method == "head_only" else ("rank",)
+        return tuple(k for k in TUNABLE if k not in drop)
+
+    def trial_count(self, methods: list[str], num_samples: int) -> int:
+        """How many trials Tune runs for one sweep over ``methods``."""
+        def grid_points(method: str) -> int:
+            sizes = [len(d["grid"]) for k, d in self.root.items()
+                     if k in self.method_keys(method) and isinstance(d, dict) and "grid" in d]
+            return math.prod(sizes)
+
+        return num_samples * sum(grid_points(m) for m in methods)
+
+    def tune_space(self, methods: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
+        """Tune's param space for one sweep over ``methods``; ``defaults`` fill the keys not searched.
+
+        Several methods make one grid over methods (``BASELINE_KEY``), each with its own settings,
+        so that a setting a method does not take is not searched for it.
+        """
+        space = {**defaults, **{k: _tune_domain(v) for k, v in self.root.items()}}
+        if len(methods) == 1:
+            return {**{k: space[k] for k in self.method_keys(methods[0])}, "method": methods[0]}
+        common = [k for k in TUNABLE if all(k in self.method_keys(m) for m in methods)]
+        variants = [{"method": m, **{k: space[k] for k in self.method_keys(m) if k not in common}} for m in methods]
+        from ray import tune
+
+        return {**{k: space[k] for k in common}, BASELINE_KEY: tune.grid_search(variants)}
+
+    @staticmethod
+    def trial_settings(config: dict[str, Any]) -> dict[str, Any]:
+        """A trial's config with its method's settings (if any) merged in: method, lr, head_lr, ..."""
+        return {**{k: v for k, v in config.items() if k != BASELINE_KEY}, **config.get(BASELINE_KEY, {})}
+
+
+def _domain_values(dom: Any) -> list[Any]:
+    """The values a domain spans (bounds for ranges), for validation only."""
+    if isinstance(dom, dict):
+        if len(dom) != 1:
+            raise ValueError(f"a domain has exactly one of grid/choice/uniform/loguniform, got {sorted(dom)}")
+        (kind, arg), = dom.items()
+        if kind in ("grid", "choice"):
+            if not isinstance(arg, list) or not arg:
+                raise ValueError(f"{kind} needs a non-empty list")
+            return arg
+        if kind in ("uniform", "loguniform"):
+            if not isinstance(arg, list) or len(arg) != 2:
+                raise ValueError(f"{kind} needs [low, high]")
+            if all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arg) and arg[0] >= arg[1]:
+                raise ValueError(f"{kind} needs low < high")
+            return arg
+        raise ValueError(f"unknown domain {kind!r}; use grid, choice, uniform or loguniform")
+    if isinstance(dom, list):
+        raise ValueError("a bare list is ambiguous; write {grid: [...]} or {choice: [...]}")
+    return [dom]
+
+
+def _tune_domain(domain: Any) -> Any:
+    """A domain ({grid: [...]}, {loguniform: [lo, hi]}, ..., or a constant) as a Tune domain."""
+    if not isinstance(domain, dict):
+        return domain
+    from ray import tune  # only the target stage and the tests need Tune: a spec loads without Ray
+
+    ((kind, arg),) = domain.items()
+    if kind in ("grid", "choice"):
+        return {"grid": tune.grid_search, "choice": tune.choice}[kind](arg)
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform}[kind](*arg)

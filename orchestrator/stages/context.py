@@ -1,0 +1,38 @@
+"""What every stage receives: the spec and where things live (picklable, passed to Ray tasks, Ray
+Train workers and Tune trials alike)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data import TaskData, load_task
+from ..method import models
+from ..method.train import Encoder
+from ..spec import PipelineSpec
+from ..tracking import TrackingContext
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    spec: PipelineSpec
+    model_dir: str
+    tracking: TrackingContext
+    storage: str
+    run_tag: str  # unique per pipeline execution
+    fingerprints: dict[str, str]
+    forced: frozenset[str] = frozenset()  # stages run again whatever the cache holds
+
+    def job_name(self, key: str) -> str:
+        """The Train/Tune run name of a stage. Ray resumes a run dir with the same name from its last
+        checkpoint, which is what an interrupted pipeline started again wants; a forced stage gets a
+        fresh dir instead."""
+        stage = key.split(":")[0]
+        name = f"{self.spec.name}-{key.replace(':', '-')}-{self.fingerprints[key]}"
+        return f"{name}-{self.run_tag}" if stage in self.forced else name
+
+    def load(self, task: str) -> TaskData:
+        return load_task(self.spec.task(task), self.spec.seed)
+
+    def encoder(self) -> Encoder:
+        m = self.spec.model
+        return Encoder(models.load_tokenizer(self.model_dir), m.task_type, m.max_length, m.max_target_length)

@@ -1,0 +1,233 @@
+"""Stage 3: each target adapted from the shared prompt by a Ray Tune sweep, beside its baselines.
+
+MPT trials run under ASHA over the spec's search space; the baselines (``vanilla_pt``,
+``head_only``, ``single_source:<task>``) run as a second, FIFO sweep at the same step budget and lr
+search. Trials train in their own Tune process, one worker each, so that no trial waits on a nested
+trainer's resources. The best trial of each method is then reloaded from its saved files, as a user
+would load it, and scored on validation (it must match the sweep) and, once, on test.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from .. import report
+from ..logs import progress
+from ..method import models
+from ..method.distill import SharedPrompt, Teacher
+from ..method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
+from ..method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
+from ..spec import SearchSpace
+from ..tracking import (FINGERPRINT_TAG, PIPELINE_TAG, STOPPED_TAG, RunLogger, TrackingContext, child_run,
+                        root_cause)
+from .context import PipelineContext
+
+log = logging.getLogger(__name__)
+
+
+def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPrompt,
+                 teachers: dict[str, Teacher], sweep: str) -> None:
+    """One Tune trial: train one target from its start (MPT or a baseline) and report eval metric."""
+    spec, stage = ctx.spec, ctx.spec.target
+    config = SearchSpace.trial_settings(config)
+    method = config["method"]
+    data = ctx.load(task)
+    device = torch.device("cuda" if torch.cuda.is_available() and stage.resources.use_gpu else "cpu")
+    params = {"method": method, "rank": config.get("rank", ""), "lr": config.get("lr", ""),
+              "head_lr": config["head_lr"], "batch_size": config["batch_size"],
+              "weight_decay": config["weight_decay"], "steps": stage.steps,
+              "num_virtual_tokens": spec.prompt.num_virtual_tokens, "task": task}
+    trial_id = tune.get_context().get_trial_id()
+    task_id = task_id_of(method)
+    with child_run(ctx.tracking, "target", task, f"target-{task}-{method}-{trial_id}", params,
+                   {"mpt.sweep": sweep, "mpt.trial_id": trial_id, "mpt.method": method,
+                    FINGERPRINT_TAG: ctx.fingerprints[f"target:{task}"]}) as run, \
+            tempfile.TemporaryDirectory() as workdir:
+        model = build_target_model(method, int(config.get("rank", 1)), ctx.model_dir, spec.model.task_type,
+                                   spec.prompt.num_virtual_tokens, data.num_labels, spec.seed, shared, teachers,
+                                   Path(workdir))
+        model.to(device)
+        trainable = models.count_trainable(model)
+        run.log_params({"trainable_params": trainable})
+        encoder = ctx.encoder()
+        stream = batch_stream(data.train, int(config["batch_size"]), spec.seed)
+
+        def loss_fn(step: int) -> torch.Tensor:
+            batch = to_device(encoder(next(stream), data.label_words, task_id), device)
+            with autocast(device):
+                return task_loss(model, batch, spec.model.task_type)
+
+        def on_eval(step: int, metrics: dict[str, float], state: dict) -> None:
+            run.log_metrics(step, metrics)
+            progress(log, f"target:{task}:{method}:{trial_id}", step, stage.steps, metrics)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_trial_model(model, method, Path(tmp))
+                # When the scheduler stops this trial, tune.report does not return: TrialRunCloser ends the run.
+                tune.report({**metrics, "step": step, "trainable_params": trainable, "mlflow_run_id": run.run_id},
+                            checkpoint=tune.Checkpoint.from_directory(tmp))
+
+        # the linear probe has no prompt: its lr is unused
+        fit(model, loss_fn, steps=stage.steps, lr=float(config.get("lr", stage.lr)), head_lr=float(config["head_lr"]),
+            weight_decay=float(config["weight_decay"]), eval_every=stage.eval_every,
+            evaluate=lambda: evaluate(model, data, "validation", encoder, task_id),
+            on_step=lambda s, v: run.metric(s, "train_loss", v), on_eval=on_eval)
+
+
+class TrialRunCloser(tune.Callback):
+    """Ends each trial's MLflow run from the driver when Tune ends the trial.
+
+    A trial the scheduler stops never returns from ``tune.report`` (Tune ends its thread), so its own
+    code cannot end its run: here it ends FINISHED, tagged ``mpt.stopped_by_scheduler`` when it
+    stopped before the step budget. A trial whose process died ends FAILED. Runs that the trial
+    ended itself (finished, or failed with its cause) are left as they are.
+    """
+
+    def __init__(self, tracking: TrackingContext, sweep: str, steps: int):
+        self.tracking, self.sweep, self.steps = tracking, sweep, steps
+
+    def _run(self, trial) -> tuple[MlflowClient, Run | None]:
+        client = MlflowClient(self.tracking.uri)
+        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        if run_id:
+            return client, client.get_run(run_id)
+        # a trial that died before its first report: found by its id within this sweep and pipeline
+        runs = client.search_runs([self.tracking.experiment_id],
+                                  f"tags.`mpt.trial_id` = '{trial.trial_id}' and tags.`mpt.sweep` = '{self.sweep}' "
+                                  f"and tags.`{PIPELINE_TAG}` = '{self.tracking.pipeline_run}'", max_results=1)
+        return client, (runs[0] if runs else None)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        client, run = self._run(trial)
+        if run is None:
+            return
+        if (trial.last_result or {}).get("step", 0) < self.steps:
+            client.set_tag(run.info.run_id, STOPPED_TAG, "true")
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        client, run = self._run(trial)
+        if run is not None and run.info.status == "RUNNING":
+            error = trial.get_pickled_error()
+            client.set_tag(run.info.run_id, "mpt.error", root_cause(error)[:4000] if error else "the trial's process died")
+            client.set_terminated(run.info.run_id, "FAILED")
+
+
+def sweep_trainable(fn, name: str, resources: PlacementGroupFactory, **params):
+    """``fn`` with ``params`` bound, registered with Tune under the sweep's own name.
+
+    Tune keeps trainables in one registry per Ray job, keyed by the function's name, and looks the
+    name up when it starts a trial: with two targets' sweeps running at once, the one registered
+    last would run every trial of both, each logged under the other's target (ray-project/ray#31330).
+    """
+    trainable = tune.with_resources(tune.with_parameters(fn, **params), resources)
+    trainable.__name__ = name
+    return trainable
+
+
+def _sweep(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: dict[str, Teacher], space: dict,
+           name: str, scheduler) -> tune.ResultGrid:
+    stage = ctx.spec.target
+    trainable = sweep_trainable(target_trial, name, PlacementGroupFactory([stage.resources.bundle()]),
+                                ctx=ctx, task=task, shared=shared, teachers=teachers, sweep=name)
+    path = f"{ctx.storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        # An interrupted sweep of the same fingerprint: finished trials are kept, the rest run again.
+        log.info("[target:%s] resuming sweep %s", task, name)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            # reuse_actors: a new trial starts in a finished trial's process, not paying for a fresh one and
+            # the torch/transformers/peft imports again (trials are short: this is a large share of each)
+            tune_config=tune.TuneConfig(metric=f"eval_{ctx.spec.task(task).metric}", mode="max",
+                                        num_samples=stage.num_samples, scheduler=scheduler,
+                                        max_concurrent_trials=stage.max_concurrent_trials, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=ctx.storage, verbose=0,
+                                      callbacks=[TrialRunCloser(ctx.tracking, name, stage.steps)]),
+        )
+    return tuner.fit()
+
+
+def _rows(ctx: PipelineContext, task: str, grid: tune.ResultGrid) -> list[dict]:
+    stage = ctx.spec.target
+    metric = f"eval_{ctx.spec.task(task).metric}"
+    rows = []
+    for result in grid:
+        cfg, m = SearchSpace.trial_settings(result.config or {}), result.metrics or {}
+        step = m.get("step", 0)
+        status = "failed" if result.error else ("early_stopped" if step < stage.steps else "completed")
+        rows.append({"task": task, "method": cfg.get("method"), "rank": cfg.get("rank") if cfg.get("method") == "mpt" else None,
+                     "lr": cfg.get("lr"), "head_lr": cfg.get("head_lr"), "batch_size": cfg.get("batch_size"),
+                     "metric": metric, "value": m.get(metric), "steps": step, "trainable_params": m.get("trainable_params"),
+                     "status": status, "error": str(result.error).splitlines()[0][:300] if result.error else "",
+                     "mlflow_run_id": m.get("mlflow_run_id"),
+                     "checkpoint": result.checkpoint})
+    return rows
+
+
+def run_sweeps(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: list[Teacher]) -> list[dict]:
+    """Tune sweep(s) for one target: MPT over the search space with ASHA, then the baselines (FIFO,
+    same step budget, same lr search). Returns one row per trial."""
+    stage = ctx.spec.target
+    by_name = {t.task: t for t in teachers}
+    sched = stage.scheduler
+    n_evals = math.ceil(stage.steps / stage.eval_every)
+    asha = (ASHAScheduler(time_attr="training_iteration", max_t=n_evals, grace_period=min(sched.grace_period, n_evals),
+                          reduction_factor=sched.reduction_factor)
+            if sched.type == "asha" else FIFOScheduler())
+    log.info("[target:%s] sweep over %s (%s), %d steps per trial", task, sorted(stage.search_space.root),
+             sched.type, stage.steps)
+    name = ctx.job_name(f"target:{task}")
+    rows = _rows(ctx, task, _sweep(ctx, task, shared, by_name, stage.search_space.tune_space(["mpt"], stage.defaults()),
+                                   name, asha))
+    baselines = stage.baseline_methods(list(by_name))
+    if baselines:
+        log.info("[target:%s] baselines %s", task, stage.baselines)
+        space = stage.search_space.tune_space(baselines, stage.defaults())
+        rows += _rows(ctx, task, _sweep(ctx, task, shared, by_name, space, f"{name}-baselines", FIFOScheduler()))
+    return rows
+
+
+@ray.remote
+def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune.Checkpoint,
+                  run_id: str) -> dict[str, float]:
+    """Reload a sweep's best trial from its saved files and score validation (it must match the sweep) and test.
+
+    Test is scored here only, for the trial already chosen on validation: never tune on test.
+    """
+    spec = ctx.spec
+    data = ctx.load(task)
+    task_id = task_id_of(method)
+    encoder = ctx.encoder()
+    with checkpoint.as_directory() as checkpoint_dir:
+        model = load_trial_model(method, ctx.model_dir, spec.model.task_type, data.num_labels, spec.seed, checkpoint_dir)
+        metrics = {**evaluate(model, data, "validation", encoder, task_id),
+                   **evaluate(model, data, "test", encoder, task_id)}
+        logger = RunLogger(ctx.tracking.uri, run_id)
+        logger.log_metrics(spec.target.steps, {k: v for k, v in metrics.items() if k.startswith("test_")})
+        logger.set_tags({"mpt.best": "true"})
+        logger.log_artifact(checkpoint_dir, "best_adapter" if method == "mpt" else f"best_{report.family(method)}")
+    return metrics
+
+
+def run_target(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: list[Teacher]) -> list[dict]:
+    """One target end to end: its sweeps, then each method's best trial reloaded and scored (in
+    parallel, one Ray task each); returns one row per trial, the chosen ones with their test value."""
+    rows = run_sweeps(ctx, task, shared, teachers)
+    bests = report.select_best(rows)
+    cpus = ctx.spec.target.resources.cpus_per_worker
+    evaluations = ray.get([evaluate_best.options(num_cpus=cpus).remote(ctx, task, b["method"], b["checkpoint"],
+                                                                       b["mlflow_run_id"]) for b in bests])
+    return report.attach_test(rows, bests, evaluations)

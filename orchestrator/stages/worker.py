@@ -1,0 +1,111 @@
+"""What the Ray Train stages (sources, distillation) share: the ``TorchTrainer`` job, checkpoints
+that a restarted worker resumes from, and rank 0's MLflow logging and progress lines."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..ddp import NodeBoundTorchConfig
+from ..spec import Resources
+from ..tracking import NODE_TAG, RunLogger, node_name
+from .context import PipelineContext
+
+TRAINABLE_FILE = "trainable.safetensors"
+STATE_FILE = "train_state.pt"
+
+log = logging.getLogger(__name__)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP's wrapper (or the model itself on one worker)."""
+    return getattr(model, "module", model)
+
+
+def report_checkpoint(model: torch.nn.Module, step: int, metrics: dict[str, float], state: dict,
+                      files: dict[str, dict[str, torch.Tensor]]) -> None:
+    """ray.train.report from every worker (it is a barrier); rank 0 attaches the stage's output files
+    plus what a restarted worker needs: the trainable weights and the optimizer/schedule state."""
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    trainable = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, tensors in {**files, TRAINABLE_FILE: trainable}.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(Path(tmp) / name))
+        torch.save({"step": step, **state}, Path(tmp) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def resume(model: torch.nn.Module, logger: RunLogger | None, tag: str) -> tuple[int, dict | None]:
+    """Restore the last checkpoint after a worker failure or an interrupted run: (step, optimizer state).
+
+    Rank 0 counts attempts on the MLflow run (tag ``mpt.attempts``), so a restart is recorded even
+    when it had no checkpoint to start from.
+    """
+    checkpoint = ray.train.get_checkpoint()
+    step, state = 0, None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            unwrap(model).load_state_dict(load_file(str(Path(d) / TRAINABLE_FILE)), strict=False)
+            state = torch.load(Path(d) / STATE_FILE, weights_only=True)
+        step = state.pop("step")
+    if logger:
+        attempts = int(logger.client.get_run(logger.run_id).data.tags.get("mpt.attempts", 0)) + 1
+        logger.set_tags({"mpt.attempts": attempts})
+        if attempts > 1 or checkpoint is not None:
+            logger.log_metrics(step, {"restarted_from_step": step})
+            logger.set_tags({"mpt.restarted": "true"})
+    if checkpoint is not None:
+        log.info("[%s] resumed from the checkpoint at step %d", tag, step)
+    return step, state
+
+
+def rank0_logger(config: dict) -> RunLogger | None:
+    """Only rank 0 logs to MLflow, into the run the driver opened for this job; it also tags the run
+    with the node the training ran on (the driver opened it from wherever the graph node ran)."""
+    if ray.train.get_context().get_world_rank() != 0:
+        return None
+    logger = RunLogger(config["ctx"].tracking.uri, config["run_id"])
+    logger.set_tags({NODE_TAG: node_name()})
+    return logger
+
+
+def scaling(res: Resources) -> ray.train.ScalingConfig:
+    return ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                   resources_per_worker=res.bundle())
+
+
+def fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, key: str,
+                max_failures: int) -> ray.train.Result:
+    """One Ray Train job named after the stage's fingerprint, so a restarted pipeline resumes it."""
+    trainer = ray.train.torch.TorchTrainer(
+        loop, train_loop_config=config, scaling_config=scaling(res), torch_config=NodeBoundTorchConfig(),
+        run_config=ray.train.RunConfig(name=ctx.job_name(key), storage_path=ctx.storage,
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+    )
+    return trainer.fit()
+
+
+def step_logger(logger: RunLogger | None):
+    """``on_step`` for a Train worker: rank 0 buffers each step's loss, other ranks log nothing."""
+    return (lambda step, loss: logger.metric(step, "train_loss", loss)) if logger else (lambda step, loss: None)
+
+
+def on_rank0(rank: int, evaluate_fn):
+    """Validation on rank 0 only: every rank holds the same weights, and only rank 0's metrics are logged."""
+    return evaluate_fn if rank == 0 else dict
+
+
+def checkpoint_tensors(result: ray.train.Result, *names: str) -> list[dict[str, torch.Tensor]]:
+    """The named files of a finished job's last checkpoint."""
+    with result.checkpoint.as_directory() as d:
+        return [load_file(str(Path(d) / n)) for n in names]
+

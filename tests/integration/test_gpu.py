@@ -1,0 +1,36 @@
+"""The GPU path of the method: models and batches on the CUDA device, bf16 autocast. Runs where a
+CUDA device exists; CPU-only machines (this project's CI) skip it with the reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from orchestrator.data import load_task
+from orchestrator.method import models
+from orchestrator.method.train import Encoder, autocast, batch_stream, evaluate, fit, task_loss, to_device
+from orchestrator.spec import ModelSpec, TaskSpec
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device here; the GPU path is tested where one is")
+
+
+@pytest.mark.parametrize("kind,task_type", [("tiny:bert", "SEQ_CLS"), ("tiny:t5", "SEQ_2_SEQ_LM")])
+def test_mpt_trains_and_evaluates_on_cuda_with_bf16_autocast(tmp_path, kind, task_type):
+    device = torch.device("cuda")
+    model_dir = models.resolve_model_dir(ModelSpec(name_or_path=kind), tmp_path)
+    data = load_task(TaskSpec(name="sentiment", max_train_examples=64, max_eval_examples=16), 0)
+    base = models.load_base_model(model_dir, task_type, data.num_labels)
+    model = models.multitask_model(base, task_type, 4, 1, 2).to(device)
+    encoder = Encoder(models.load_tokenizer(model_dir), task_type, 32, 4)
+    stream = batch_stream(data.train, 8, 0)
+
+    def loss_fn(step):
+        batch = to_device(encoder(next(stream), data.label_words, task_id=0), device)
+        with autocast(device):
+            return task_loss(model, batch, task_type)
+
+    metrics = fit(model, loss_fn, steps=4, lr=0.3, head_lr=0.01, weight_decay=0.0, eval_every=2,
+                  evaluate=lambda: evaluate(model, data, "validation", encoder, task_id=0))
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert all(p.device.type == "cuda" for p in model.parameters())

@@ -1,0 +1,45 @@
+"""Stage fingerprints: what changes which stage's identity (no Ray needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.cache import fingerprints, forced_stages
+from orchestrator.spec import load_spec
+
+SMOKE = str(Path(__file__).resolve().parents[2] / "pipelines" / "smoke.yaml")
+
+
+def changed(*overrides: str) -> set[str]:
+    before, after = fingerprints(load_spec(SMOKE)), fingerprints(load_spec(SMOKE, list(overrides)))
+    assert before.keys() == after.keys()
+    return {k for k in before if before[k] != after[k]}
+
+
+def test_fingerprints_are_stable_across_loads():
+    assert changed() == set()
+
+
+def test_a_target_search_space_change_touches_only_that_target():
+    assert changed("target.search_space={rank: {grid: [1]}, lr: {grid: [0.1]}}") == {"target:review_polarity"}
+
+
+def test_a_source_task_change_touches_that_source_the_distillation_and_every_target():
+    assert changed("tasks.0.max_train_examples=150") == {"source:sentiment", "distill", "target:review_polarity"}
+
+
+def test_distill_settings_touch_distill_and_targets_only():
+    assert changed("distill.temperature=3.0") == {"distill", "target:review_polarity"}
+
+
+def test_cpu_and_gpu_requests_do_not_change_results_but_worker_count_does():
+    assert changed("source.resources.cpus_per_worker=1", "target.max_concurrent_trials=1",
+                   "source.max_failures=5") == set()
+    assert "source:sentiment" in changed("source.resources.num_workers=2")
+
+
+def test_rerun_forces_the_stage_and_everything_after_it():
+    assert forced_stages([], False) == set()
+    assert forced_stages(["distill"], False) == {"distill", "target"}
+    assert forced_stages(["target", "source"], False) == {"source", "distill", "target"}
+    assert forced_stages([], True) == {"source", "distill", "target"}

@@ -1,0 +1,40 @@
+"""The method package and the data layer import no Ray and no MLflow: every function there runs in a
+plain process (a fresh interpreter, since this one has long imported both)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orchestrator.method
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = ("ray", "mlflow")
+METHOD_MODULES = sorted(f"orchestrator.method.{m.name}" for m in pkgutil.iter_modules(orchestrator.method.__path__))
+
+PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_every_method_module_is_listed():
+    assert {"models", "train", "distill", "targets", "metrics"} <= {m.rsplit(".", 1)[1] for m in METHOD_MODULES}
+
+
+def test_method_and_data_import_no_ray_and_no_mlflow():
+    wanted = ["orchestrator.method", *METHOD_MODULES, "orchestrator.data"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
+    res = subprocess.run([sys.executable, "-c", PROBE, *wanted], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    loaded = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(wanted) <= set(loaded)  # the probe really imported them
+    leaked = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+    assert leaked == [], f"imported by the method package or the data layer: {leaked[:20]}"

@@ -1,0 +1,111 @@
+"""``plan`` announces exactly the trials that run: for every shipped spec, and for baseline sweeps
+with head_only and single_source, the count ``plan`` prints and ``SearchSpace.trial_count`` equal
+the trials Tune's own variant generator (``BasicVariantGenerator``, what ``Tuner.fit`` uses) makes
+of the param spaces the target stage builds. No Ray cluster is started."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from helpers.specs import PIPELINES, ROOT, SMOKE
+from ray.tune.experiment import Experiment
+from ray.tune.search import BasicVariantGenerator
+
+from orchestrator.cli import plan_lines
+from orchestrator.spec import PipelineSpec, SearchSpace, load_spec
+
+DEMO = ROOT / "pipelines" / "demo.yaml"
+TARGETS_LINE = re.compile(r"^3\. targets: (\d+) Ray Tune sweeps in parallel, (\d+) MPT trial\(s\) each .*"
+                          r"\+ (\d+) baseline trial\(s\)")
+
+
+def noop(config: dict) -> None:
+    pass
+
+
+def tune_trials(space: dict, num_samples: int, storage: Path) -> list[dict]:
+    """The trials Tune makes of ``space``: their settings, one dict per trial."""
+    experiment = Experiment(f"plan-{uuid.uuid4().hex[:8]}", noop, config=space, num_samples=num_samples,
+                            storage_path=str(storage))
+    generator = BasicVariantGenerator()
+    generator.add_configurations([experiment])
+    trials = []
+    while (trial := generator.next_trial()) is not None:
+        trials.append(SearchSpace.trial_settings(trial.config))
+    # not generator.total_samples: Tune's own estimate misses the grids nested in a baselines sweep's
+    # grid over methods (it counts 8 where 20 trials run); the trials it makes are what runs
+    assert generator.is_finished()
+    return trials
+
+
+def announced(spec: PipelineSpec) -> tuple[int, int, int]:
+    """(targets, MPT trials per target, baseline trials per target) as ``plan`` prints them."""
+    lines = [line for line in plan_lines(spec) if line.startswith("3. targets:")]
+    assert len(lines) == 1, plan_lines(spec)
+    match = TARGETS_LINE.match(lines[0])
+    assert match, lines[0]
+    return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
+
+
+def what_tune_runs(spec: PipelineSpec, storage: Path) -> tuple[list[dict], list[dict]]:
+    """The MPT sweep's and the baselines sweep's trials, from the spaces the target stage builds."""
+    stage = spec.target
+    mpt = tune_trials(stage.search_space.tune_space(["mpt"], stage.defaults()), stage.num_samples, storage)
+    methods = stage.baseline_methods(spec.sources)
+    baselines = tune_trials(stage.search_space.tune_space(methods, stage.defaults()), stage.num_samples,
+                            storage) if methods else []
+    return mpt, baselines
+
+
+def check_plan_matches_tune(spec: PipelineSpec, storage: Path) -> tuple[int, int]:
+    mpt, baselines = what_tune_runs(spec, storage)
+    stage = spec.target
+    methods = stage.baseline_methods(spec.sources)
+    assert stage.search_space.trial_count(["mpt"], stage.num_samples) == len(mpt)
+    assert stage.search_space.trial_count(methods, stage.num_samples) == len(baselines)
+    assert announced(spec) == (len(spec.targets), len(mpt), len(baselines))
+    assert {t["method"] for t in mpt} == {"mpt"}
+    assert {t["method"] for t in baselines} == set(methods)
+    return len(mpt), len(baselines)
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_plan_announces_what_tune_runs_for_every_shipped_spec(path, tmp_path):
+    mpt, _ = check_plan_matches_tune(load_spec(path), tmp_path)
+    assert mpt > 0
+
+
+def test_baselines_with_head_only_and_single_source(tmp_path):
+    spec = load_spec(SMOKE, ["target.search_space={rank: {grid: [1, 2]}, lr: {grid: [0.1, 0.3]}, "
+                             "head_lr: {grid: [0.01, 0.05]}}",
+                             "target.baselines=[vanilla_pt, head_only, single_source]", "target.num_samples=2"])
+    assert check_plan_matches_tune(spec, tmp_path) == (2 * 2 * 2 * 2, 2 * (4 + 2 * 4 + 2))  # rank x lr x head_lr x samples
+    _, baselines = what_tune_runs(spec, tmp_path)
+    assert Counter(t["method"] for t in baselines) == {"vanilla_pt": 8, "single_source:sentiment": 8,
+                                                        "single_source:nli": 8, "head_only": 4}
+
+
+def test_the_linear_probe_is_not_counted_once_per_prompt_lr(tmp_path):
+    """The issue's case: 3 sources, a 2-point lr grid: 2 vanilla_pt + 3 x 2 single_source + 1 head_only."""
+    spec = load_spec(DEMO, ["sources=[sentiment, topic, paraphrase]",
+                            "target.search_space={rank: {grid: [1, 2]}, lr: {grid: [0.03, 0.1]}}",
+                            "target.baselines=[vanilla_pt, head_only, single_source]"])
+    assert check_plan_matches_tune(spec, tmp_path) == (4, 9)
+    assert "+ 9 baseline trial(s)" in "\n".join(plan_lines(spec))
+
+
+@pytest.mark.parametrize("space, num_samples", [
+    ("{rank: {grid: [1]}, lr: {loguniform: [0.01, 0.3]}}", 3),  # no grid: num_samples trials per method
+    ("{rank: {choice: [1, 2]}, lr: {grid: [0.1, 0.3, 1.0]}, batch_size: 8}", 2),
+    ("{rank: {grid: [1, 2]}, lr: 0.1, head_lr: {grid: [0.01, 0.05]}, weight_decay: {uniform: [0.0, 0.1]}}", 1),
+])
+@pytest.mark.parametrize("baselines", [[], ["head_only"], ["single_source"], ["head_only", "single_source"],
+                                       ["vanilla_pt", "head_only", "single_source"]])
+def test_plan_matches_tune_for_other_spaces_and_baselines(space, num_samples, baselines, tmp_path):
+    spec = load_spec(SMOKE, [f"target.search_space={space}", f"target.baselines=[{', '.join(baselines)}]",
+                             f"target.num_samples={num_samples}"])
+    check_plan_matches_tune(spec, tmp_path)

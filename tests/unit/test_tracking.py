@@ -1,0 +1,63 @@
+"""The pure parts of orchestrator/tracking.py: credentials redacted from any text, and the line of a
+(Ray-wrapped) error that says what went wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.tracking import StageFailed, redact, root_cause
+
+
+def test_redact_a_uri_with_userinfo():
+    assert redact("http://user:pass@host:5000/x") == "http://***@host:5000/x"
+
+
+def test_redact_finds_the_password_alone_in_a_text():
+    uri = "https://bob:s3cr3t-pw@mlflow.example:443"
+    text = f"could not reach {uri}/api/2.0 (the server said: bad password s3cr3t-pw for user bob)"
+    out = redact(text, uri)
+    assert "s3cr3t-pw" not in out and "bob" not in out
+    assert out.startswith("could not reach https://***@mlflow.example:443/api/2.0")
+
+
+def test_redact_query_string_values():
+    uri = "s3://bucket/p?X-Amz-Signature=abcdef&token=secret123"
+    out = redact(uri)
+    assert "abcdef" not in out and "secret123" not in out
+    assert out == "s3://bucket/p?X-Amz-Signature=***&token=***"
+    assert "secret123" not in redact(f"upload to {uri} failed: token secret123 expired", uri)
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000/api/2.0/mlflow", "sqlite:////tmp/mlflow.db", "databricks",
+                                 "s3://bucket/ray_results", "file:///mnt/efs/ray_results"])
+def test_a_uri_without_secrets_is_unchanged(uri):
+    assert redact(uri) == uri
+    assert redact(f"failed: {uri}", uri) == f"failed: {uri}"
+
+
+def test_redact_leaves_short_userinfo_parts_alone_elsewhere_in_the_text():
+    # a one-letter user or password would otherwise mask every such letter of the message
+    assert redact("http://u:p@host:5000/api/path") == "http://***@host:5000/api/path"
+
+
+RAY_ERROR = """ray::run_distill() (pid=4242, ip=127.0.0.1)
+  File "/work/main/orchestrator/stages/distill.py", line 90, in run_distill
+    result = fit_trainer(ctx, distill_train_loop, config, stage.resources, "distill")
+ray.exceptions.RayTaskError(StageFailed): ray::TrainController.run() (pid=4300, ip=127.0.0.1)
+  File "/work/main/orchestrator/tracking.py", line 170, in child_run
+    raise StageFailed(f"stage {stage}, task {task}: {cause}") from err
+orchestrator.tracking.StageFailed: stage distill, task all: FloatingPointError: training diverged (loss nan at step 3)
+"""
+
+
+def test_root_cause_of_a_ray_wrapped_stage_failure():
+    assert root_cause(RuntimeError(RAY_ERROR)) == \
+        "stage distill, task all: FloatingPointError: training diverged (loss nan at step 3)"
+    assert root_cause(StageFailed("stage source, task nli: out of memory")) == "stage source, task nli: out of memory"
+
+
+def test_root_cause_of_other_errors():
+    text = "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nValueError: bad lr\n\n"
+    assert root_cause(RuntimeError(text)) == "ValueError: bad lr"
+    assert root_cause(RuntimeError("first line\nthe last line says it\n")) == "the last line says it"
+    assert root_cause(KeyError()) == "KeyError"

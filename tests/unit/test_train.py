@@ -1,0 +1,38 @@
+"""orchestrator.method.train: the one training loop and the batch stream."""
+
+from __future__ import annotations
+
+import torch
+from helpers.models import L, encoder, small
+
+from orchestrator.method import models
+from orchestrator.method.train import batch_stream, evaluate, fit, task_loss
+
+
+def test_fit_lowers_the_loss_and_reports_each_eval(bert_dir):
+    data = small("sentiment")
+    model = models.prompt_tuning_model(models.load_base_model(bert_dir, "SEQ_CLS", 2), "SEQ_CLS", L)
+    enc = encoder(bert_dir)
+    fixed = enc(data.train[:8], data.label_words)  # a batch a random tiny model can still memorise
+    evals, losses = [], []
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return task_loss(model, fixed, "SEQ_CLS").item()
+
+    before = eval_loss()
+    fit(model, lambda step: task_loss(model, fixed, "SEQ_CLS"), steps=30, lr=0.3, head_lr=0.05, weight_decay=0.0,
+        eval_every=10, evaluate=lambda: evaluate(model, data, "validation", enc),
+        on_step=lambda s, v: losses.append(v), on_eval=lambda s, m, state: evals.append((s, m)))
+    after = eval_loss()
+    assert len(losses) == 30 and [s for s, _ in evals] == [10, 20, 30]
+    assert set(evals[-1][1]) == {"train_loss_avg", "eval_accuracy"}
+    assert after < before - 0.05, (before, after)
+
+
+def test_batch_stream_shards_are_disjoint():
+    data = small("topic")
+    a = {ex for batch in [next(batch_stream(data.train, 64, 0, 0, 2))] for ex in batch}
+    b = {ex for batch in [next(batch_stream(data.train, 64, 0, 1, 2))] for ex in batch}
+    assert a and b and not (a & b)
