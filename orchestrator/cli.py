@@ -15,7 +15,6 @@ from pathlib import Path
 
 import yaml
 
-from .logs import RAY_SETUP_HOOK
 from .logs import configure as configure_logging
 from .redaction import redact
 from .spec import PipelineSpec, SpecError, SpecIssue, load_spec
@@ -189,9 +188,7 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
                               {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
     parent.log_artifact(_spec_file(spec, run_tag), "spec")
     if not ray.is_initialized():
-        # worker processes configure the project's logger the way main() does for this one
-        ray.init(address=spec.cluster.address, logging_level="WARNING",
-                 runtime_env={"worker_process_setup_hook": RAY_SETUP_HOOK})
+        ray.init(address=spec.cluster.address, logging_level="WARNING")
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
                           spec.storage(), run_tag, cache.fingerprints(spec),
                           frozenset(cache.forced_stages(rerun, no_cache)))

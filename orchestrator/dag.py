@@ -12,6 +12,7 @@ import pandas as pd
 import ray
 
 from . import cache, report
+from .logs import in_ray_worker
 from .method.distill import SharedPrompt, Teacher
 from .stages import distill, source, target
 from .stages.context import PipelineContext
@@ -19,16 +20,19 @@ from .tracking import RunLogger
 
 
 @ray.remote(num_cpus=0)
+@in_ray_worker
 def source_node(ctx: PipelineContext, task: str) -> Teacher:
     return cache.reuse_source(ctx, task) or source.run_source(ctx, task)
 
 
 @ray.remote(num_cpus=0)
+@in_ray_worker
 def distill_node(ctx: PipelineContext, *teachers: Teacher) -> SharedPrompt:
     return cache.reuse_distill(ctx) or distill.run_distill(ctx, list(teachers))
 
 
 @ray.remote(num_cpus=0)
+@in_ray_worker
 def target_node(ctx: PipelineContext, task: str, shared: SharedPrompt, *teachers: Teacher) -> list[dict]:
     reused = cache.reuse_target(ctx, task)
     if reused is not None:
@@ -39,6 +43,7 @@ def target_node(ctx: PipelineContext, task: str, shared: SharedPrompt, *teachers
 
 
 @ray.remote(num_cpus=0)
+@in_ray_worker
 def report_node(ctx: PipelineContext, parent_run_id: str, *target_rows: list[dict]) -> pd.DataFrame:
     table = report.results_table([row for rows in target_rows for row in rows])
     report.publish(table, RunLogger(ctx.tracking.uri, parent_run_id))

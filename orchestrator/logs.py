@@ -1,19 +1,19 @@
 """The project's one logger, ``orchestrator`` (every module logs to a child of it), and its set-up.
 
-The CLI configures it once. Ray runs stages in processes of its own (graph nodes, Train workers,
-Tune trials); they are configured the same way through Ray's ``worker_process_setup_hook``, which
-the CLI passes to ``ray.init`` (:data:`RAY_SETUP_HOOK`), and Ray forwards their lines to the
-driver's terminal. Progress goes to stdout, warnings and errors to stderr.
+The CLI configures it. Ray runs the stages in processes the CLI does not start (graph nodes, Train
+workers, Tune trials): the functions Ray calls there are marked :func:`in_ray_worker`, which applies
+the same configuration first, and Ray forwards their lines to the driver's terminal. Progress goes
+to stdout, warnings and errors to stderr.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
 
 NAME = "orchestrator"
-RAY_SETUP_HOOK = f"{__name__}.configure"
 
 
 class _CurrentStream(logging.StreamHandler):
@@ -46,6 +46,21 @@ def configure(level: int = logging.INFO) -> logging.Logger:
             handler.setFormatter(logging.Formatter("%(message)s"))
             logger.addHandler(handler)
     return logger
+
+
+def in_ray_worker(fn):
+    """``fn``, configuring the logger first: for the functions Ray runs in its own processes.
+
+    Not Ray's ``worker_process_setup_hook``: that gives the whole job a runtime env, and Ray then
+    starts a fresh worker for every task instead of using the ones it prestarts (measured: 5 s more
+    on a 25 s Train test).
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        configure()
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def progress(logger: logging.Logger, tag: str, step: int, steps: int, metrics: dict[str, float]) -> None:

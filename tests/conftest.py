@@ -20,10 +20,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def local_ray():
     import ray
 
-    from orchestrator.logs import RAY_SETUP_HOOK
-
-    # Ray's worker processes configure the project's logger the way the CLI's driver does.
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"worker_process_setup_hook": RAY_SETUP_HOOK})
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

@@ -9,7 +9,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ..logs import fmt, progress
+from ..logs import in_ray_worker, fmt, progress
 from ..method import models
 from ..method.distill import (SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher, distill_step_loss,
                               init_student, label_slices, student_head_tensors, student_tensors,
@@ -22,6 +22,7 @@ from .context import PipelineContext
 log = logging.getLogger(__name__)
 
 
+@in_ray_worker
 def distill_train_loop(config: dict) -> None:
     """Train the MPT student against the teachers (a Ray Train worker)."""
     ctx: PipelineContext = config["ctx"]

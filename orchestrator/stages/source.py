@@ -8,7 +8,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ..logs import fmt, progress
+from ..logs import in_ray_worker, fmt, progress
 from ..method import models
 from ..method.distill import Teacher
 from ..method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
@@ -26,6 +26,7 @@ def teacher_artifact(task: str) -> str:
     return f"teacher/teacher_{task}.safetensors"
 
 
+@in_ray_worker
 def source_train_loop(config: dict) -> None:
     """Vanilla prompt tuning of one source task (a Ray Train worker)."""
     ctx: PipelineContext = config["ctx"]

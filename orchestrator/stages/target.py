@@ -23,7 +23,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from .. import report
-from ..logs import progress
+from ..logs import in_ray_worker, progress
 from ..method import models
 from ..method.distill import SharedPrompt, Teacher
 from ..method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
@@ -36,6 +36,7 @@ from .context import PipelineContext
 log = logging.getLogger(__name__)
 
 
+@in_ray_worker
 def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPrompt,
                  teachers: dict[str, Teacher], sweep: str) -> None:
     """One Tune trial: train one target from its start (MPT or a baseline) and report eval metric."""
@@ -201,6 +202,7 @@ def run_sweeps(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: 
 
 
 @ray.remote
+@in_ray_worker
 def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune.Checkpoint,
                   run_id: str) -> dict[str, float]:
     """Reload a sweep's best trial from its saved files and score validation (it must match the sweep) and test.

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import subprocess
+import sys
 
-from orchestrator.logs import NAME, RAY_SETUP_HOOK, configure, fmt, progress
+from orchestrator.logs import NAME, configure, fmt, progress
 
 
 def emit(*lines: tuple[int, str]) -> tuple[str, str]:
@@ -43,9 +45,25 @@ def test_the_streams_are_the_ones_current_when_a_line_is_logged():
     assert first == ("first\n", "") and second == ("second\n", "")
 
 
-def test_ray_workers_are_configured_by_the_same_function():
-    module, _, func = RAY_SETUP_HOOK.rpartition(".")
-    assert (module, func) == (configure.__module__, configure.__name__)
+WORKER = """
+import logging
+from orchestrator.logs import in_ray_worker
+def stage():
+    logging.getLogger("orchestrator.stages.x").info("from a worker")
+{call}
+"""
+
+
+def run_in_fresh_process(call: str) -> str:
+    """What a process the CLI did not configure (as a Ray worker) prints."""
+    res = subprocess.run([sys.executable, "-c", WORKER.format(call=call)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_functions_run_by_ray_configure_the_logger_in_their_process():
+    assert run_in_fresh_process("in_ray_worker(stage)()") == "from a worker\n"
+    assert run_in_fresh_process("stage()") == ""  # unconfigured, Python drops INFO lines
 
 
 def test_progress_and_fmt():
