@@ -222,7 +222,7 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
 
 
 def flat_params(spec: PipelineSpec) -> dict[str, str]:
-    """The spec as dotted MLflow params (tracking excluded: a URI may carry credentials)."""
+    """The spec as dotted MLflow params (``PipelineSpec.public_dump``: nothing that may carry credentials)."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, value) -> None:
@@ -232,7 +232,8 @@ def flat_params(spec: PipelineSpec) -> dict[str, str]:
         else:
             out[prefix] = str(value)[:6000]
 
-    walk("", spec.model_dump(mode="json", by_alias=True, exclude={"tracking", "tasks"}))
+    public = spec.public_dump()
+    walk("", {k: v for k, v in public.items() if k != "tasks"})
     for task in spec.tasks:
         out[f"tasks.{task.name}"] = str(task.model_dump(mode="json", exclude_none=True))[:6000]
     return out
@@ -242,7 +243,7 @@ def _spec_file(spec: PipelineSpec, run_tag: str) -> Path:
     import tempfile
 
     path = Path(tempfile.mkdtemp()) / f"{spec.name}-{run_tag}.yaml"
-    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude={"tracking"}), sort_keys=False))
+    path.write_text(yaml.safe_dump(spec.public_dump(), sort_keys=False))
     return path
 
 

@@ -52,6 +52,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .spec import PipelineSpec, SpecIssue
 from .redaction import redact
@@ -321,10 +322,10 @@ def storage_issues(storage: str, timeout: float = STORAGE_TIMEOUT_S) -> list[Spe
     """
     field = "storage_path"
     fix = "choose a directory this user can write, or a bucket URI (s3://BUCKET/ray_results)"
-    local = storage[len("file://"):] if storage.startswith("file://") else storage
+    local = urlsplit(storage).path if storage.startswith("file://") else storage  # as pyarrow reads it
     if "://" not in local:
         problem = _write_probe(Path(local))
-        return [SpecIssue(field=field, value=storage, message=f"cannot write there: {problem}", fix=fix)] if problem else []
+        return [SpecIssue(field=field, value=redact(storage), message=f"cannot write there: {problem}", fix=fix)] if problem else []
 
     def probe() -> None:
         import pyarrow.fs
@@ -340,8 +341,8 @@ def storage_issues(storage: str, timeout: float = STORAGE_TIMEOUT_S) -> list[Spe
     try:
         _with_timeout(probe, timeout)
     except Exception as err:  # pyarrow raises OSError/ArrowInvalid/ArrowNotImplementedError
-        cause = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
-        return [SpecIssue(field=field, value=storage, message=f"cannot write a probe object there: {cause}",
+        cause = redact(str(err).splitlines()[0][:300], storage) if str(err) else type(err).__name__
+        return [SpecIssue(field=field, value=redact(storage), message=f"cannot write a probe object there: {cause}",
                           fix="check the URI, the bucket and the credentials of the driver and every node "
                               "(docs/cluster.md step 0)")]
     return []
@@ -357,8 +358,6 @@ def declares_multi_node(spec: PipelineSpec) -> bool:
     address = (spec.cluster.address or "").strip()
     if not address:
         return False
-    from urllib.parse import urlsplit
-
     host = (urlsplit(address).hostname if "://" in address else address.rsplit(":", 1)[0].strip("[]")) or ""
     return not is_loopback(host)
 
@@ -380,7 +379,7 @@ def multi_node_issues(spec: PipelineSpec, nodes: list[dict] | None = None, node_
     storage = spec.storage()
     if "://" not in storage:
         issues.append(SpecIssue(
-            field="storage_path", value=storage,
+            field="storage_path", value=redact(storage),
             message="on a cluster of several machines a local path is each node's own disk: checkpoints "
                     "would be scattered over the nodes and the driver could not read them",
             fix="use s3://BUCKET/ray_results, or a shared mount present on every node written as a URI, "
@@ -388,8 +387,6 @@ def multi_node_issues(spec: PipelineSpec, nodes: list[dict] | None = None, node_
     uri = spec.tracking_uri()
     host = ""
     if uri.startswith(("http://", "https://")):
-        from urllib.parse import urlsplit
-
         host = urlsplit(uri).hostname or ""
     on_disk = uri.startswith(("sqlite:", "file:", "/", "./", "../", "~"))  # not `databricks` and the like
     if on_disk or (host and is_loopback(host)):

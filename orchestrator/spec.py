@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .redaction import redact
 from .search import TUNABLE, SearchSpace
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
@@ -216,6 +217,15 @@ class PipelineSpec(Strict):
         if self.tracking.uri:
             return self.tracking.uri
         return "sqlite:///" + str(((base or Path.cwd()) / "mlflow.db").resolve())
+
+    def public_dump(self) -> dict[str, Any]:
+        """The spec as it may be logged: no ``tracking`` section, and no credentials in the storage
+        URI or the cluster address (``s3://...?token=``, ``ray://user:pass@head``)."""
+        out = self.model_dump(mode="json", by_alias=True, exclude={"tracking"})
+        for key, parent in (("storage_path", out), ("address", out["cluster"])):
+            if parent.get(key):
+                parent[key] = redact(parent[key])
+        return out
 
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name

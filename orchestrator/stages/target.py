@@ -13,6 +13,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import ray
 import torch
@@ -142,7 +143,7 @@ def _sweep(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: dict
     stage = ctx.spec.target
     trainable = sweep_trainable(target_trial, name, PlacementGroupFactory([stage.resources.bundle()]),
                                 ctx=ctx, task=task, shared=shared, teachers=teachers, sweep=name)
-    path = f"{ctx.storage.rstrip('/')}/{name}"
+    path = _join(ctx.storage, name)
     if tune.Tuner.can_restore(path):
         # An interrupted sweep of the same fingerprint: finished trials are kept, the rest run again.
         log.info("[target:%s] resuming sweep %s", task, name)
@@ -159,6 +160,15 @@ def _sweep(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: dict
                                       callbacks=[TrialRunCloser(ctx.tracking, name, stage.steps)]),
         )
     return tuner.fit()
+
+
+def _join(storage: str, name: str) -> str:
+    """``storage``/``name``, also for a URI with a query (``s3://bucket/dir?region=...``): the name
+    goes in the path, not after the query."""
+    parts = urlsplit(storage)
+    if not parts.scheme:
+        return f"{storage.rstrip('/')}/{name}"
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
 
 def _rows(ctx: PipelineContext, task: str, grid: tune.ResultGrid) -> list[dict]:
