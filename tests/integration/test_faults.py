@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -19,8 +20,10 @@ from orchestrator.cli import EXIT_FAILED, main
 from orchestrator.tracking import PARENT_TAG, STAGE_TAG, TASK_TAG
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "pipelines" / "smoke.yaml")
-# Long enough sources that a worker can be killed between two checkpoints.
-LONG_SOURCES = ["--set", "source.steps=300", "--set", "source.eval_every=10"]
+# Long enough sources that a worker can be killed after its first checkpoints and well before the end.
+SOURCE_STEPS, EVAL_EVERY = 150, 10
+LONG_SOURCES = ["--set", f"source.steps={SOURCE_STEPS}", "--set", f"source.eval_every={EVAL_EVERY}"]
+KILLED_SOURCE = "sentiment"
 
 pytestmark = pytest.mark.slow
 
@@ -37,26 +40,38 @@ def run(store: Path, *args: str) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def kill_a_train_worker_after_its_first_checkpoint(storage: Path, killed: list[int], stop: threading.Event):
-    """SIGKILL one Ray Train worker of a source job once that job has a checkpoint to restart from."""
+def kill_a_source_worker_after_its_checkpoint(store: Path, source: str, killed: list[int], stop: threading.Event):
+    """SIGKILL the Ray Train worker of one source job once that job has a checkpoint to restart from.
+
+    Ray Train's controller collects a worker's reports every 2 s through a queue of one, so a report
+    returns before its checkpoint is registered, and a second report waits for the first to be taken.
+    Its third eval in MLflow (logged before that eval's report) therefore means the second report
+    returned, so the first checkpoint (at ``eval_every``) was taken: a restart has it to start from.
+    The worker is told apart from the other source's by its working directory, named after the job.
+    """
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    job = f"mpt-smoke-source-{source}-"
     while not stop.is_set():
-        if any(storage.glob("mpt-smoke-source-*/checkpoint_*")):
+        experiment = client.get_experiment_by_name("mpt-smoke")
+        runs = client.search_runs([experiment.experiment_id], f"tags.`{STAGE_TAG}` = 'source' and "
+                                  f"tags.`{TASK_TAG}` = '{source}' and attributes.status = 'RUNNING'") if experiment else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "eval_accuracy")) >= 3:
             # only this test's Ray (started by this process), never another Ray on the machine
             for proc in psutil.Process().children(recursive=True):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    if (proc.cmdline() or [""])[0].startswith("ray::RayTrainWorker"):
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    if (proc.cmdline() or [""])[0].startswith("ray::RayTrainWorker") and job in proc.cwd():
                         os.kill(proc.pid, signal.SIGKILL)
                         killed.append(proc.pid)
                         return
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
 def test_faults_and_recovery(local_ray, tmp_path):
     # Run 1: a worker is killed mid-source (recovered), then the distillation diverges (fails for good).
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=kill_a_train_worker_after_its_first_checkpoint,
-                              args=(tmp_path / "ray_results", killed, stop), daemon=True)
+    killer = threading.Thread(target=kill_a_source_worker_after_its_checkpoint,
+                              args=(tmp_path, KILLED_SOURCE, killed, stop), daemon=True)
     killer.start()
     try:
         rc, out, err = run(tmp_path, *LONG_SOURCES, "--set", "distill.lr=1e30")
@@ -75,9 +90,15 @@ def test_faults_and_recovery(local_ray, tmp_path):
     assert status == {"parent": {"FAILED"}, "source": {"FINISHED"}, "distill": {"FAILED"}}
     sources = [r for r in runs if r.data.tags.get(STAGE_TAG) == "source"]
     restarted = [r for r in sources if r.data.tags.get("mpt.restarted") == "true"]
-    assert len(restarted) == 1, "the killed worker's job should record its restart"
+    assert [r.data.tags[TASK_TAG] for r in restarted] == [KILLED_SOURCE], "only the killed job restarts"
+    assert restarted[0].data.tags["mpt.attempts"] == "2" and restarted[0].info.status == "FINISHED"
     (restart,) = client.get_metric_history(restarted[0].info.run_id, "restarted_from_step")
-    assert 0 <= restart.value < 300 and restarted[0].data.tags["mpt.attempts"] == "2"
+    # the new attempt starts at a checkpoint (an eval step), not at step 0 ...
+    assert EVAL_EVERY <= restart.value < SOURCE_STEPS and restart.value % EVAL_EVERY == 0, restart.value
+    # ... and trains no step before it again: those steps' losses were logged once, by the first attempt
+    steps = Counter(m.step for m in client.get_metric_history(restarted[0].info.run_id, "train_loss"))
+    assert set(steps) == set(range(1, SOURCE_STEPS + 1))
+    assert {s: n for s, n in steps.items() if s <= restart.value and n != 1} == {}
     for r in sources:  # the failed pipeline kept every finished stage's artifacts
         task = r.data.tags[TASK_TAG]
         assert client.list_artifacts(r.info.run_id, "teacher")[0].path == f"teacher/teacher_{task}.safetensors"

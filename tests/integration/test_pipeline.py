@@ -155,3 +155,105 @@ def test_changing_a_target_search_space_retrains_only_that_target(seq_cls_store)
     new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
     stages = sorted(r.data.tags.get(STAGE_TAG, "parent") for r in new)
     assert stages == ["parent", "target", "target"]  # one MPT trial + one vanilla_pt baseline
+
+
+def only(paths) -> Path:
+    (path,) = list(paths)
+    return path
+
+
+@pytest.mark.slow
+def test_logged_artifacts_load_back_exactly(seq_cls_store, tmp_path):
+    """What MLflow holds is what training produced: the shared prompt downloaded from the distill run
+    equals the distillation job's final checkpoint and loads through PEFT's own init path; the best
+    adapter downloaded from its trial run equals the trial's final checkpoint, tensor for tensor and
+    logit for logit."""
+    from peft import MultitaskPromptTuningConfig, MultitaskPromptTuningInit, TaskType, get_peft_model
+    from safetensors.torch import load_file
+
+    store, _ = seq_cls_store
+    client, runs = runs_of(f"sqlite:///{store}/mlflow.db")
+    spec = load_spec(SMOKE)
+    first = [r for r in runs if r.data.tags.get(PARENT_TAG) == min(
+        (p for p in runs if PARENT_TAG not in p.data.tags), key=lambda p: p.info.start_time).info.run_id]
+    (distill,) = [r for r in first if r.data.tags[STAGE_TAG] == "distill"]
+    logged = Path(client.download_artifacts(distill.info.run_id, "shared_prompt.safetensors", str(tmp_path)))
+    trained = only((store / "ray_results").glob("mpt-smoke-distill-*/checkpoint_*/shared_prompt.safetensors"))
+    logged_t, trained_t = load_file(str(logged)), load_file(str(trained))
+    assert set(logged_t) == {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"}
+    assert all(torch.equal(logged_t[k], trained_t[k]) for k in logged_t)
+    model_dir = models.resolve_model_dir(spec.model)
+    for k in range(len(spec.sources)):
+        config = MultitaskPromptTuningConfig(
+            task_type=TaskType.SEQ_CLS, num_virtual_tokens=spec.prompt.num_virtual_tokens, num_tasks=1,
+            num_ranks=spec.distill.rank, num_transformer_submodules=1, prompt_tuning_init_task=k,
+            prompt_tuning_init=MultitaskPromptTuningInit.EXACT_SOURCE_TASK, prompt_tuning_init_state_dict_path=str(logged))
+        encoder = get_peft_model(models.load_base_model(model_dir, "SEQ_CLS", 2), config).prompt_encoder["default"]
+        assert torch.equal(encoder.embedding.weight.detach(), logged_t["prompt_embeddings"])
+        assert torch.equal(encoder.prefix_task_cols.detach()[0], logged_t["prefix_task_cols"][k])
+        assert torch.equal(encoder.prefix_task_rows.detach()[0], logged_t["prefix_task_rows"][k])
+
+    (best,) = [r for r in first if r.data.tags.get("mpt.best") and r.data.params.get("method") == "mpt"]
+    adapter = client.download_artifacts(best.info.run_id, "best_adapter", str(tmp_path / "dl"))
+    trial_dir = only((store / "ray_results").glob(f"mpt-smoke-target-*/*_{best.data.tags['mpt.trial_id']}_*"))
+    final = max(trial_dir.glob("checkpoint_*"))  # the trial's last report: the model as training left it
+    data = load_task(spec.task(spec.targets[0]), spec.seed)
+    enc = Encoder(models.load_tokenizer(model_dir), "SEQ_CLS", spec.model.max_length, spec.model.max_target_length)
+    batch = enc(data.test, data.label_words, task_id=0)
+    batch.pop("labels")
+    loaded = []
+    for path in (adapter, final):
+        model = PeftModel.from_pretrained(models.load_base_model(model_dir, "SEQ_CLS", data.num_labels, spec.seed),
+                                          str(path)).eval()
+        with torch.no_grad():
+            loaded.append((model(**batch).logits, {n: p.detach().clone() for n, p in model.named_parameters()
+                                                   if "prompt_encoder" in n or "modules_to_save" in n}))
+    (logits_a, params_a), (logits_b, params_b) = loaded
+    assert params_a and params_a.keys() == params_b.keys()
+    assert all(torch.equal(params_a[n], params_b[n]) for n in params_a)
+    assert torch.equal(logits_a, logits_b)
+    # and it is the trained prompt, not the shared one it started from
+    prompt = next(v for n, v in params_a.items() if "embedding" in n)
+    assert not torch.equal(prompt, logged_t["prompt_embeddings"])
+
+
+def new_runs(uri: str, before: list) -> list:
+    _, after = runs_of(uri)
+    known = {r.info.run_id for r in before}
+    return [r for r in after if r.info.run_id not in known]
+
+
+def assert_intact(uri: str, before: list) -> None:
+    """Every earlier run still there, with the status and artifacts it had."""
+    client, after = runs_of(uri)
+    now = {r.info.run_id: r for r in after}
+    assert all(r.info.run_id in now and now[r.info.run_id].info.status == r.info.status for r in before)
+    for r in before:
+        if r.data.tags.get(STAGE_TAG) in ("source", "distill") and r.info.status == "FINISHED":
+            assert client.list_artifacts(r.info.run_id), r.info.run_name
+
+
+@pytest.mark.slow
+def test_rerun_distill_retrains_distill_and_targets_only(seq_cls_store):
+    store, _ = seq_cls_store
+    uri = f"sqlite:///{store}/mlflow.db"
+    _, before = runs_of(uri)
+    rc, out = run_smoke(store, "--rerun", "distill")
+    assert rc == 0, out
+    assert "reused 2 stage(s) from earlier runs: source:nli, source:sentiment" in out
+    stages = sorted(r.data.tags.get(STAGE_TAG, "parent") for r in new_runs(uri, before))
+    assert stages == ["distill", "parent", "target", "target", "target"]  # 2 MPT trials + vanilla_pt
+    assert_intact(uri, before)
+
+
+@pytest.mark.slow
+def test_no_cache_retrains_everything(seq_cls_store):
+    store, _ = seq_cls_store
+    uri = f"sqlite:///{store}/mlflow.db"
+    _, before = runs_of(uri)
+    rc, out = run_smoke(store, "--no-cache")
+    assert rc == 0, out
+    assert "reused 0 stage(s) from earlier runs: none" in out
+    stages = sorted(r.data.tags.get(STAGE_TAG, "parent") for r in new_runs(uri, before))
+    assert stages == ["distill", "parent", "source", "source", "target", "target", "target"]
+    assert_intact(uri, before)

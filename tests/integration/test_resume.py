@@ -1,10 +1,12 @@
 """A pipeline whose driver is killed with SIGKILL mid-stage, started again with the same command:
-finished stages are reused, the interrupted one resumes from its checkpoint, and the dead run's
-MLflow runs end KILLED instead of staying RUNNING."""
+finished stages are reused, the interrupted one resumes (a Train job from its checkpoint, a Tune
+sweep with its finished trials kept), and the dead run's MLflow runs end KILLED instead of staying
+RUNNING. Both tests share one store: the sweep test reuses the first test's sources and distillation."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -23,31 +25,40 @@ SMOKE = str(Path(__file__).resolve().parents[2] / "pipelines" / "smoke.yaml")
 pytestmark = pytest.mark.slow
 
 
-def command(store: Path) -> list[str]:
+DISTILL_STEPS = 80
+# The sweep test: three MPT trials, one at a time and all to the end (FIFO), so "finished before the
+# kill" is well defined; its own target settings, so sources and distillation are reused.
+SWEEP = ["--set", "target.steps=40", "--set", "target.eval_every=10", "--set", "target.max_concurrent_trials=1",
+         "--set", "target.scheduler.type=fifo", "--set", "target.baselines=[]",
+         "--set", "target.search_space={rank: {grid: [1, 2, 3]}, lr: {grid: [0.3]}}"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("resume")
+
+
+def command(store: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator", "run", SMOKE, "--tracking-uri", f"sqlite:///{store}/mlflow.db",
-            "--set", "distill.steps=150", "--set", "distill.eval_every=10"]
+            "--set", f"distill.steps={DISTILL_STEPS}", "--set", "distill.eval_every=10", *extra]
 
 
-def wait_for_distill_checkpoint(client: MlflowClient, proc: subprocess.Popen, timeout: float = 600) -> None:
+def wait_until(ready, proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the pipeline ended before it could be killed"
-        experiment = client.get_experiment_by_name("mpt-smoke")
-        if experiment:
-            runs = client.search_runs([experiment.experiment_id],
-                                      f"tags.`{STAGE_TAG}` = 'distill' and attributes.status = 'RUNNING'")
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "eval_mean")) >= 2:
-                return
+        assert proc.poll() is None, f"the pipeline ended before {what}"
+        if ready():
+            return
         time.sleep(0.5)
-    raise TimeoutError("the distillation never reported an eval")
+    raise TimeoutError(f"never {what}")
 
 
-def test_a_killed_pipeline_resumes_where_it_stopped(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(command(tmp_path), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+def run_until_killed(store: Path, args: list[str], ready, what: str, log_name: str) -> None:
+    """Start the pipeline, SIGKILL its driver once ``ready()``, then the local Ray it started."""
+    log = open(store / log_name, "w")
+    proc = subprocess.Popen(args, cwd=store, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_distill_checkpoint(client, proc)
+        wait_until(ready, proc, what)
     finally:
         family = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
         os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
@@ -56,13 +67,34 @@ def test_a_killed_pipeline_resumes_where_it_stopped(tmp_path):
         for child in family:  # then its local Ray, which would otherwise linger on this machine
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
+
+
+def running(client: MlflowClient, stage: str) -> list:
+    experiment = client.get_experiment_by_name("mpt-smoke")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id],
+                              f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'RUNNING'")
+
+
+def test_a_killed_pipeline_resumes_where_it_stopped(store):
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+
+    def distill_checkpointed() -> bool:
+        # the third eval is logged after the second report returned, which waits for Ray Train's
+        # controller to take the first (a queue of one): the checkpoint at step 10 is registered
+        runs = running(client, "distill")
+        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "eval_mean")) >= 3
+
+    run_until_killed(store, command(store), distill_checkpointed, "the distillation reported three evals",
+                     "first.log")
     experiment = client.get_experiment_by_name("mpt-smoke")
     (dead,) = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and "
                                  "tags.`mpt.driver` LIKE '%'")
     interrupted_step = max(m.step for m in client.get_metric_history(
         client.search_runs([experiment.experiment_id], f"tags.`{STAGE_TAG}` = 'distill'")[0].info.run_id, "eval_mean"))
 
-    again = subprocess.run(command(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    again = subprocess.run(command(store), cwd=store, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"run {dead.info.run_id} was left RUNNING by a pipeline that died; marked KILLED" in again.stdout
     assert "reused 2 stage(s) from earlier runs: source:nli, source:sentiment" in again.stdout
@@ -76,6 +108,57 @@ def test_a_killed_pipeline_resumes_where_it_stopped(tmp_path):
     (new_distill,) = [r for r in runs if r.data.tags.get(PARENT_TAG) == new_parent.info.run_id
                       and r.data.tags.get(STAGE_TAG) == "distill"]
     (resumed,) = client.get_metric_history(new_distill.info.run_id, "restarted_from_step")
-    assert 10 <= resumed.value <= interrupted_step < 150  # the last checkpoint, not step 0
+    assert 10 <= resumed.value <= interrupted_step < DISTILL_STEPS  # the last checkpoint, not step 0
     first_eval = min(m.step for m in client.get_metric_history(new_distill.info.run_id, "eval_mean"))
     assert first_eval > resumed.value  # no step before the checkpoint was trained again
+
+
+def finished_trials(sweep_dir: Path) -> int:
+    """Trials the sweep's saved state (what ``Tuner.restore`` reads) records as TERMINATED."""
+    states = sorted(sweep_dir.glob("experiment_state-*.json"))
+    if not states:
+        return 0
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"]
+    except (ValueError, KeyError):  # being rewritten
+        return 0
+    return sum(json.loads(trial)["status"] == "TERMINATED" for trial, _ in trials)
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(store):
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    experiment = client.get_experiment_by_name("mpt-smoke")
+    before = {r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=1000)}
+    earlier_sweeps = set((store / "ray_results").glob("mpt-smoke-target-*"))
+
+    def one_trial_saved_finished_and_the_next_running() -> bool:
+        sweeps = set((store / "ray_results").glob("mpt-smoke-target-*")) - earlier_sweeps
+        return any(finished_trials(d) >= 1 for d in sweeps) and \
+            any(client.get_metric_history(r.info.run_id, "eval_accuracy") for r in running(client, "target"))
+
+    run_until_killed(store, command(store, *SWEEP), one_trial_saved_finished_and_the_next_running,
+                     "a trial finished and the next one reported", "sweep.log")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    first = [r for r in runs if r.info.run_id not in before]
+    (dead,) = [r for r in first if PARENT_TAG not in r.data.tags]
+    done = {r.data.params["rank"] for r in first if r.data.tags.get(STAGE_TAG) == "target" and r.info.status == "FINISHED"}
+    assert done and len(done) < 3, done
+
+    again = subprocess.run(command(store, *SWEEP), cwd=store, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"run {dead.info.run_id} was left RUNNING by a pipeline that died; marked KILLED" in again.stdout
+    assert "reused 3 stage(s) from earlier runs: distill, source:nli, source:sentiment" in again.stdout
+    assert "resuming sweep" in again.stdout
+
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    new_parent = max((r for r in runs if PARENT_TAG not in r.data.tags), key=lambda r: r.info.start_time)
+    assert new_parent.info.status == "FINISHED"
+    rerun = {r.data.params["rank"] for r in runs if r.data.tags.get(PARENT_TAG) == new_parent.info.run_id
+             and r.data.tags.get(STAGE_TAG) == "target"}
+    assert rerun == {"1", "2", "3"} - done  # finished trials are kept, not trained again
+    table = client.download_artifacts(new_parent.info.run_id, "report/results.csv", str(store))
+    import pandas as pd
+
+    results = pd.read_csv(table)
+    assert sorted(results["rank"].astype(int)) == [1, 2, 3] and set(results["status"]) == {"completed"}

@@ -121,3 +121,40 @@ def test_shared_prompt_keys_are_peft_keys(tmp_path):
 
     with safe_open(path, "pt") as f:
         assert set(f.keys()) == {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"}
+
+
+def test_t5_teacher_pass_equals_the_real_teacher_and_prompts_the_encoder_only(t5_dir):
+    """Text-to-text: functional_call with a teacher's prompt reproduces that teacher's own PEFT model,
+    and neither the teacher pass nor the student puts virtual tokens in the decoder's inputs."""
+    sources = [small("sentiment"), small("nli")]
+    teachers, teacher_models = [], []
+    for data in sources:
+        base = models.load_base_model(t5_dir, "SEQ_2_SEQ_LM", seed=7)
+        model = models.prompt_tuning_model(base, "SEQ_2_SEQ_LM", L)
+        with torch.no_grad():
+            model.prompt_encoder[models.ADAPTER].embedding.weight.normal_()
+        teachers.append(Teacher(data.name, models.prompt_tensor(model)))
+        teacher_models.append(model.eval())
+    student = models.multitask_model(models.load_base_model(t5_dir, "SEQ_2_SEQ_LM"), "SEQ_2_SEQ_LM", L, 2, 1)
+    init_student(student, teachers, [None, None])
+    with torch.no_grad():  # make the student differ from both teachers
+        student.prompt_encoder[models.ADAPTER].prefix_task_rows.mul_(3.0)
+    student.eval()
+    enc = encoder(t5_dir, "SEQ_2_SEQ_LM")
+    for k, (teacher, teacher_model, data) in enumerate(zip(teachers, teacher_models, sources)):
+        batch = enc(data.validation[:4], data.label_words, task_id=k)
+        overrides = teacher_overrides(student, teacher, None)
+        via_student = torch.func.functional_call(student, overrides, args=(),
+                                                 kwargs={**batch, "output_hidden_states": True}, strict=False)
+        direct = teacher_model(**{key: v for key, v in batch.items() if key != "task_ids"}, output_hidden_states=True)
+        assert torch.allclose(via_student.logits, direct.logits, atol=1e-5)
+        assert torch.allclose(via_student.encoder_last_hidden_state, direct.encoder_last_hidden_state, atol=1e-5)
+        own = student(**batch, output_hidden_states=True)
+        assert not torch.allclose(own.logits, direct.logits, atol=1e-3)  # the override really changed the pass
+        labels = batch["labels"].shape[1]
+        for out in (via_student, direct, own):
+            assert out.encoder_last_hidden_state.shape[1] == batch["input_ids"].shape[1] + L  # prompted encoder
+            assert out.decoder_hidden_states[-1].shape[1] == labels  # no virtual token in the decoder
+        loss, parts = distill_step_loss(student, batch, overrides, task_type="SEQ_2_SEQ_LM", num_virtual_tokens=L,
+                                        label_slice=None, lambda_=1.0, temperature=2.0)
+        assert parts["loss_logits"] > 0 and parts["loss_hidden"] > 0 and torch.isfinite(loss)
