@@ -24,6 +24,10 @@ from safetensors.torch import save_file
 
 from .redaction import redact
 
+# MLflow prints "View run ... at: <tracking URI>" whenever a run ends, credentials included; the CLI
+# prints the (redacted) URI itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 STAGE_TAG = "mpt.stage"
 TASK_TAG = "mpt.task"
 FINGERPRINT_TAG = "mpt.fingerprint"

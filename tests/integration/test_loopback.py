@@ -34,11 +34,6 @@ def _report(request, timings: dict[str, float]) -> None:
     print(f"\n[{request.node.name}] {line}")
 
 
-def _ray_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    return subprocess.run([ray_bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def test_token_auth_on_loopback_head(tmp_path, request):
     """What docs/cluster.md claims about Ray 2.60 token auth, on a real `ray start --head` started
     with RAY_AUTH_MODE=token: clients get in only with RAY_AUTH_MODE=token AND the cluster's token
@@ -119,7 +114,7 @@ def test_token_auth_on_loopback_head(tmp_path, request):
         t = time.monotonic()
         with ThreadPoolExecutor(max_workers=4) as pool:  # each CLI call is mostly `import ray`
             results = dict(
-                zip(cases, pool.map(lambda c: _ray_cli(c[0], {**client_env, **c[1]}), cases.values()))
+                zip(cases, pool.map(lambda c: lb.ray_cli(c[0], {**client_env, **c[1]}), cases.values()))
             )
         timings["clients"] = time.monotonic() - t
         problems = []

@@ -54,6 +54,12 @@ def seq_cls_store(local_ray, tmp_path_factory):
     return tmp_path, out
 
 
+def new_runs(uri: str, before: list) -> list:
+    _, after = runs_of(uri)
+    known = {r.info.run_id for r in before}
+    return [r for r in after if r.info.run_id not in known]
+
+
 def runs_of(uri: str, name: str = "mpt-smoke"):
     client = MlflowClient(uri)
     return client, client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
@@ -137,8 +143,7 @@ def test_a_second_run_reuses_every_finished_stage(seq_cls_store):
     rc, out = run_smoke(store)
     assert rc == 0, out
     assert "reused 4 stage(s) from earlier runs: distill, source:nli, source:sentiment, target:review_polarity" in out
-    _, after = runs_of(uri)
-    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    new = new_runs(uri, before)
     assert len(new) == 1 and PARENT_TAG not in new[0].data.tags and new[0].info.status == "FINISHED"
     assert "Best per target and method" in out
 
@@ -151,9 +156,7 @@ def test_changing_a_target_search_space_retrains_only_that_target(seq_cls_store)
     rc, out = run_smoke(store, "--set", "target.search_space={rank: {grid: [1]}, lr: {grid: [0.1]}}")
     assert rc == 0, out
     assert "reused 3 stage(s) from earlier runs: distill, source:nli, source:sentiment" in out
-    _, after = runs_of(uri)
-    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
-    stages = sorted(r.data.tags.get(STAGE_TAG, "parent") for r in new)
+    stages = sorted(r.data.tags.get(STAGE_TAG, "parent") for r in new_runs(uri, before))
     assert stages == ["parent", "target", "target"]  # one MPT trial + one vanilla_pt baseline
 
 
@@ -215,12 +218,6 @@ def test_logged_artifacts_load_back_exactly(seq_cls_store, tmp_path):
     # and it is the trained prompt, not the shared one it started from
     prompt = next(v for n, v in params_a.items() if "embedding" in n)
     assert not torch.equal(prompt, logged_t["prompt_embeddings"])
-
-
-def new_runs(uri: str, before: list) -> list:
-    _, after = runs_of(uri)
-    known = {r.info.run_id for r in before}
-    return [r for r in after if r.info.run_id not in known]
 
 
 def assert_intact(uri: str, before: list) -> None:
