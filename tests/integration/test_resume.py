@@ -53,15 +53,16 @@ def wait_until(ready, proc: subprocess.Popen, what: str, timeout: float = 600) -
     raise TimeoutError(f"never {what}")
 
 
-def run_until_killed(store: Path, args: list[str], ready, what: str, log_name: str) -> None:
+def run_until_killed(store: Path, args: list[str], ready, what: str, log_name: str, **env: str) -> None:
     """Start the pipeline, SIGKILL its driver once ``ready()``, then the local Ray it started."""
     log = open(store / log_name, "w")
-    proc = subprocess.Popen(args, cwd=store, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=store, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     try:
         wait_until(ready, proc, what)
     finally:
         family = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-        os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
+        if proc.poll() is None:  # a pipeline that already ended keeps wait_until's message
+            os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
         proc.wait()
         time.sleep(2)
         for child in family:  # then its local Ray, which would otherwise linger on this machine
@@ -113,16 +114,19 @@ def test_a_killed_pipeline_resumes_where_it_stopped(store):
     assert first_eval > resumed.value  # no step before the checkpoint was trained again
 
 
-def finished_trials(sweep_dir: Path) -> int:
-    """Trials the sweep's saved state (what ``Tuner.restore`` reads) records as TERMINATED."""
+def saved_trials(sweep_dir: Path) -> list[dict]:
+    """The trials in the sweep's saved state, what ``Tuner.restore`` reads (empty while unwritten)."""
     states = sorted(sweep_dir.glob("experiment_state-*.json"))
     if not states:
-        return 0
+        return []
     try:
-        trials = json.loads(states[-1].read_text())["trial_data"]
+        return [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
     except (ValueError, KeyError):  # being rewritten
-        return 0
-    return sum(json.loads(trial)["status"] == "TERMINATED" for trial, _ in trials)
+        return []
+
+
+def saved_finished_ranks(sweep_dirs) -> set[str]:
+    return {str(t["config"]["rank"]) for d in sweep_dirs for t in saved_trials(d) if t["status"] == "TERMINATED"}
 
 
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(store):
@@ -131,18 +135,25 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(store):
     before = {r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=1000)}
     earlier_sweeps = set((store / "ray_results").glob("mpt-smoke-target-*"))
 
+    def new_sweeps() -> set[Path]:
+        return set((store / "ray_results").glob("mpt-smoke-target-*")) - earlier_sweeps
+
     def one_trial_saved_finished_and_the_next_running() -> bool:
-        sweeps = set((store / "ray_results").glob("mpt-smoke-target-*")) - earlier_sweeps
-        return any(finished_trials(d) >= 1 for d in sweeps) and \
+        return bool(saved_finished_ranks(new_sweeps())) and \
             any(client.get_metric_history(r.info.run_id, "eval_accuracy") for r in running(client, "target"))
 
+    # Tune saves the sweep's state every 10 s by default, longer than these trials take; the test
+    # needs a saved state with a finished trial while the sweep still runs, so it asks for every step.
     run_until_killed(store, command(store, *SWEEP), one_trial_saved_finished_and_the_next_running,
-                     "a trial finished and the next one reported", "sweep.log")
+                     "a trial finished and the next one reported", "sweep.log", TUNE_GLOBAL_CHECKPOINT_S="0")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     first = [r for r in runs if r.info.run_id not in before]
     (dead,) = [r for r in first if PARENT_TAG not in r.data.tags]
-    done = {r.data.params["rank"] for r in first if r.data.tags.get(STAGE_TAG) == "target" and r.info.status == "FINISHED"}
+    # "finished" is what the saved state says: a trial that ended after the last save is trained again
+    done = saved_finished_ranks(new_sweeps())
     assert done and len(done) < 3, done
+    assert done <= {r.data.params["rank"] for r in first
+                    if r.data.tags.get(STAGE_TAG) == "target" and r.info.status == "FINISHED"}
 
     again = subprocess.run(command(store, *SWEEP), cwd=store, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
