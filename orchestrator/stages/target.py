@@ -60,6 +60,7 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
         model.to(device)
         trainable = models.count_trainable(model)
         run.log_params({"trainable_params": trainable})
+        run.log_datasets(spec.task(task), data, ("train", "validation"), spec.seed)
         encoder = ctx.encoder()
         stream = batch_stream(data.train, int(config["batch_size"]), spec.seed)
 

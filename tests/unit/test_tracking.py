@@ -1,11 +1,15 @@
-"""The pure parts of orchestrator/tracking.py: credentials redacted from any text, and the line of a
-(Ray-wrapped) error that says what went wrong."""
+"""The pure parts of orchestrator/tracking.py: credentials redacted from any text, the line of a
+(Ray-wrapped) error that says what went wrong, and a task split as an MLflow dataset input."""
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from orchestrator.tracking import StageFailed, redact, root_cause
+import pytest
+from helpers.models import small
+
+from orchestrator.spec import TaskSpec
+from orchestrator.tracking import DATASET_CONTEXT, StageFailed, dataset_input, redact, root_cause
 
 
 def test_redact_a_uri_with_userinfo():
@@ -61,3 +65,24 @@ def test_root_cause_of_other_errors():
     assert root_cause(RuntimeError(text)) == "ValueError: bad lr"
     assert root_cause(RuntimeError("first line\nthe last line says it\n")) == "the last line says it"
     assert root_cause(KeyError()) == "KeyError"
+
+
+def test_a_split_as_an_mlflow_dataset_input():
+    data = small("topic_match")
+    spec = TaskSpec(name="topic_match", max_train_examples=64, max_eval_examples=16)
+    item = dataset_input(spec, data, "train", seed=0)
+    assert item.dataset.name == "topic_match" and [(t.key, t.value) for t in item.tags] == [(DATASET_CONTEXT, "train")]
+    assert item.dataset.source_type == "code" and json.loads(item.dataset.source)["task"] == "topic_match"
+    assert json.loads(item.dataset.profile)["num_rows"] == 64
+    assert [c["name"] for c in json.loads(item.dataset.schema)["mlflow_colspec"]] == ["text", "text_pair", "label"]
+    # the digest follows the examples: the same split gives the same digest, another split another one
+    assert item.dataset.digest == dataset_input(spec, data, "train", seed=0).dataset.digest
+    assert item.dataset.digest != dataset_input(spec, data, "validation", seed=0).dataset.digest
+    data.train[0], data.train[1] = data.train[1], data.train[0]
+    assert item.dataset.digest != dataset_input(spec, data, "train", seed=0).dataset.digest
+
+    hub = TaskSpec(name="rte", kind="hf", dataset="glue", config="rte", text_fields=["sentence1", "sentence2"])
+    item = dataset_input(hub, data, "test", seed=0)
+    assert item.dataset.source_type == "hugging_face" and json.loads(item.dataset.source) == \
+        {"path": "glue", "config_name": "rte"}
+    assert json.loads(item.dataset.schema)["mlflow_colspec"][0]["name"] == "sentence1"
