@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import random
 import socket
 import tempfile
 import time
@@ -35,6 +37,8 @@ PIPELINE_TAG = "mpt.pipeline_run"
 NODE_TAG = "mpt.node"
 STOPPED_TAG = "mpt.stopped_by_scheduler"  # a trial the scheduler ended before its step budget
 PARENT_TAG = "mlflow.parentRunId"
+
+log = logging.getLogger(__name__)
 
 
 class TrackingError(RuntimeError):
@@ -135,9 +139,26 @@ class RunLogger:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(file))
             self.log_artifact(file, artifact_path)
 
-    def log_datasets(self, spec: TaskSpec, data: TaskData, splits: tuple[str, ...], seed: int) -> None:
-        """The task's ``splits`` as the run's dataset inputs (MLflow's Datasets column)."""
-        self.client.log_inputs(self.run_id, [dataset_input(spec, data, split, seed) for split in splits])
+    def log_datasets(self, spec: TaskSpec, data: TaskData, splits: tuple[str, ...], seed: int,
+                     attempts: int = 5) -> None:
+        """The task's ``splits`` as the run's dataset inputs (MLflow's Datasets column).
+
+        A dataset is one row per experiment, and the store checks for it before inserting it, so
+        trials that start together race to insert the same one and all but one get a unique-key
+        error; on the next attempt the row exists and only the link to the run is written. Lineage
+        never fails a run: after ``attempts`` the run goes on without it, with a warning.
+        """
+        inputs = [dataset_input(spec, data, split, seed) for split in splits]
+        for attempt in range(attempts):
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+                return
+            except Exception as err:  # MLflow wraps the store's error (SQL, REST) in several types
+                if attempt == attempts - 1:
+                    log.warning("run %s: dataset inputs of %s not logged: %s", self.run_id, spec.name,
+                                root_cause(err)[:300])
+                    return
+                time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
 
     def end(self, status: str) -> None:
         self.flush()

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from helpers.models import small
+from mlflow.tracking import MlflowClient
 
 from orchestrator.spec import TaskSpec
-from orchestrator.tracking import DATASET_CONTEXT, StageFailed, dataset_input, redact, root_cause
+from orchestrator.tracking import DATASET_CONTEXT, RunLogger, StageFailed, dataset_input, redact, root_cause
 
 
 def test_redact_a_uri_with_userinfo():
@@ -86,3 +88,33 @@ def test_a_split_as_an_mlflow_dataset_input():
     assert item.dataset.source_type == "hugging_face" and json.loads(item.dataset.source) == \
         {"path": "glue", "config_name": "rte"}
     assert json.loads(item.dataset.schema)["mlflow_colspec"][0]["name"] == "sentence1"
+
+
+def test_runs_that_start_together_all_get_their_datasets(tmp_path, caplog):
+    """Concurrent trials insert the same dataset row; without the retry about one in seven lost the race
+    (UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest) and failed."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e")
+    data = small("sentiment")
+    spec = TaskSpec(name="sentiment", max_train_examples=64, max_eval_examples=16)
+    runs = [client.create_run(experiment).info.run_id for _ in range(16)]
+    barrier = threading.Barrier(len(runs))
+    errors = []
+
+    def log(run_id: str) -> None:
+        barrier.wait()
+        try:
+            RunLogger(uri, run_id).log_datasets(spec, data, ("train", "validation"), 0)
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and "not logged" not in caplog.text
+    for run_id in runs:
+        contexts = sorted(t.value for i in client.get_run(run_id).inputs.dataset_inputs for t in i.tags)
+        assert contexts == ["train", "validation"]
