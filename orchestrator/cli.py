@@ -1,7 +1,8 @@
-"""The verbs: ``run``, ``validate``, ``plan``.
+"""The verbs: ``run``, ``validate``, ``plan``, ``predict``.
 
 ``run`` checks everything it can before any compute (spec, model path, task data, tracking store),
 then executes the Ray graph and prints the results table and the command that opens the MLflow UI.
+``predict`` runs a registered model over files as a Ray Data job (``predict.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
         if verb == "validate":
             p.add_argument("--hub-data", action="store_true",
                            help="also download and check hub datasets (otherwise validate runs offline)")
+    p = verbs.add_parser("predict", help="label CSV/JSONL/Parquet rows with a registered model, on Ray Data")
+    p.add_argument("model_uri", metavar="MODEL_URI",
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a model directory, "
+                        "e.g. models:/mpt-demo-review_polarity@champion")
+    p.add_argument("--input", required=True, help="a .csv, .jsonl or .parquet file, or a directory of them, "
+                                                  "with the model's text column(s)")
+    p.add_argument("--out", required=True, help="output file (.csv, .jsonl or .parquet): the input rows plus "
+                                                "`prediction` (and prob_<label> with --probabilities)")
+    p.add_argument("--tracking-uri", help="MLflow store holding the model (default: $MLFLOW_TRACKING_URI, "
+                                          "else ./mlflow.db)")
+    p.add_argument("--address", help="Ray cluster address; default: $RAY_ADDRESS (set inside `ray job submit`), "
+                                     "else a local Ray")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per model call (default 256)")
+    p.add_argument("--workers", type=int, help="model replicas (Ray actors); default: as many as the cluster's "
+                                               "CPUs (or GPUs) hold, started as the data needs them")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each replica reserves (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each replica reserves (default 0)")
+    p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns (classification only)")
     return parser
 
 
@@ -120,6 +139,10 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
           for name in spec.targets],
         *([f"     - baselines: {', '.join(baseline_methods)}"] if baseline_methods else []),
         "4. report: results table (CSV) + plot on the parent MLflow run",
+        *([f"5. registry: each target's best MPT trial as a version of "
+           f"{spec.registry.name.format(experiment=spec.experiment_name(), task='<task>', method='mpt')}"
+           f"{' (baselines too)' if spec.registry.baselines else ''}; alias @champion on the best validation"]
+          if spec.registry.enabled else []),
         f"tracking: {redact(spec.tracking_uri())} experiment {spec.experiment_name()!r}; "
         f"storage: {redact(spec.storage())}",
     ]
@@ -142,7 +165,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load(args)
     model_dir, issues = check_inputs(spec)
-    _set_local_ray_loopback(spec)
+    _set_local_ray_loopback(spec.cluster.address)
     import ray
 
     from .preflight import preflight
@@ -161,8 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    fix="start the server or fix the URI")], args.spec) from None
 
 
-def _set_local_ray_loopback(spec: PipelineSpec) -> None:
-    if spec.cluster.address is None and "RAY_ADDRESS" not in os.environ:
+def _set_local_ray_loopback(address: str | None) -> None:
+    if address is None and "RAY_ADDRESS" not in os.environ:
         # Every port of a local Ray then binds 127.0.0.1 only (Ray's GCS and raylet otherwise listen on
         # every interface, whatever the node IP); Ray reads this once, at import, so it is set before
         # the first `import ray`.
@@ -214,9 +237,14 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
-        log.info("\nAll target trials:\n%s", table.drop(columns=["mlflow_run_id", "error"]).to_string(index=False))
+        shown = table.drop(columns=["mlflow_run_id", "error", "registered_model"])
+        log.info("\nAll target trials:\n%s", shown.to_string(index=False))
         log.info("\nBest per target and method (chosen on validation; test scored once, on the reloaded model):\n%s",
                  report.summary(table).to_string(index=False))
+    registered = sorted(table["registered_model"].dropna())
+    if registered:
+        log.info("\nRegistered models (mlflow.pyfunc.load_model, `mlflow models serve`, `python -m orchestrator "
+                 "predict`; the alias @champion holds each name's best validation):\n  %s", "\n  ".join(registered))
     log.info("\n[pipeline] finished in %.0fs. Compare runs in the MLflow UI:\n  %s", time.time() - started, ui_command(uri))
     return 0
 
@@ -247,11 +275,30 @@ def _spec_file(spec: PipelineSpec, run_tag: str) -> Path:
     return path
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import predict
+
+    job = predict.plan_job(args.model_uri, args.input, args.out, args.tracking_uri, args.batch_size, args.workers,
+                           args.cpus_per_worker, args.gpus_per_worker, args.probabilities)
+    _set_local_ray_loopback(args.address)
+    import ray
+
+    owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already be connected
+    if owns_ray:
+        ray.init(address=args.address, logging_level="WARNING")
+    try:
+        predict.run_job(job)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging()
     try:
-        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan}[args.verb](args)
+        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "predict": cmd_predict}[args.verb](args)
     except SpecError as err:
         log.error("error: %s", err)
         return EXIT_BAD_INPUT

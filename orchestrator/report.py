@@ -10,7 +10,7 @@ import pandas as pd
 from .tracking import RunLogger
 
 TABLE_COLUMNS = ["task", "method", "rank", "lr", "head_lr", "batch_size", "metric", "value", "test_value", "steps",
-                 "trainable_params", "status", "best", "error", "mlflow_run_id"]
+                 "trainable_params", "status", "best", "error", "mlflow_run_id", "registered_model"]
 
 
 def family(method: str) -> str:
@@ -40,6 +40,7 @@ def attach_test(rows: list[dict], bests: list[dict], evaluations: list[dict[str,
         row["best"] = evaluation is not None
         row["test_value"] = next((v for k, v in (evaluation or {}).items() if k.startswith("test_")), None)
         row["reloaded_value"] = next((v for k, v in (evaluation or {}).items() if k.startswith("eval_")), None)
+        row["registered_model"] = (evaluation or {}).get("registered_model")
         out.append(row)
     return out
 

@@ -186,6 +186,50 @@ class Tracking(Strict):
     experiment: str | None = Field(None, description="MLflow experiment; default: the spec name.")
 
 
+REGISTRY_FIELDS = ("experiment", "task", "method")
+
+
+def _check_name_template(template: str, required: tuple[str, ...] = ()) -> str:
+    """A registered model name template: only known placeholders, and a name usable in ``models:/NAME@alias``."""
+    import re
+    import string
+
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise ValueError(f"not a valid name template: {err}") from None
+    unknown = [n for n in names if n not in REGISTRY_FIELDS]
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {unknown}; use {{{'}, {'.join(REGISTRY_FIELDS)}}}")
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise ValueError(f"must contain {{{missing[0]}}}, or each method would overwrite the others' versions")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}", template.format(**dict.fromkeys(REGISTRY_FIELDS, "x"))):
+        raise ValueError("a model name may hold letters, digits, '_', '.', '-' only (it goes into models:/NAME@alias)")
+    return template
+
+
+class RegistrySpec(Strict):
+    enabled: bool = Field(True, description="Register each target's best MPT adapter in the MLflow Model Registry "
+                                            "as an mlflow.pyfunc model at the end of its sweep.")
+    name: str = Field("{experiment}-{task}",
+                      description="Registered model name of a target's MPT adapter; placeholders {experiment}, "
+                      "{task}, {method}.")
+    baselines: bool = Field(False, description="Also register each baseline method's best trial, under baseline_name.")
+    baseline_name: str = Field("{experiment}-{task}-{method}",
+                               description="Registered model name of a baseline's best trial; must contain {method}.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name_template(value)
+
+    @field_validator("baseline_name")
+    @classmethod
+    def _baseline_name(cls, value: str) -> str:
+        return _check_name_template(value, required=("method",))
+
+
 class ClusterSpec(Strict):
     address: str | None = Field(None, description="Ray address ('auto' inside a cluster job); default: local Ray.")
 
@@ -205,6 +249,8 @@ class PipelineSpec(Strict):
     distill: DistillStage = Field(default_factory=DistillStage)
     target: TargetStage = Field(default_factory=TargetStage)
     tracking: Tracking = Field(default_factory=Tracking)
+    registry: RegistrySpec = Field(default_factory=RegistrySpec,
+                                   description="Which best trials become registered MLflow models, and their names.")
     storage_path: str | None = Field(
         None, description="Ray Train/Tune storage (local dir, NFS dir or s3:// URI); default ./ray_results."
     )

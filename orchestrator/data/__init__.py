@@ -15,7 +15,7 @@ from __future__ import annotations
 from .registry import check_task, load_task
 from .splits import HELD_OUT_VAL, SMALL_TRAIN, apply_split_rule
 from .synthetic import EMBEDDED, EMBEDDED_SOURCES, EMBEDDED_TARGETS, embedded_task_names
-from .types import ROLES, Example, TaskData, TaskDataError
+from .types import ROLES, Example, TaskData, TaskDataError, text_columns
 
 __all__ = [
     "EMBEDDED",
@@ -31,4 +31,5 @@ __all__ = [
     "check_task",
     "embedded_task_names",
     "load_task",
+    "text_columns",
 ]

@@ -59,6 +59,15 @@ class TaskData:
         return getattr(self, role)
 
 
+def text_columns(spec: TaskSpec, pair: bool) -> list[str]:
+    """The column names a task's texts go by outside the pipeline (a served model's input, a file to
+    predict on): the spec's ``text_fields``, or for embedded tasks, which have no columns, the
+    tokenizer's own names ``text`` and ``text_pair``."""
+    if spec.kind == "embedded":
+        return ["text", "text_pair"] if pair else ["text"]
+    return list(spec.text_fields)
+
+
 class TaskDataError(ValueError):
     """A task whose data cannot be used; ``issues`` lists every problem found, each with its fix."""
 

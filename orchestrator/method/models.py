@@ -100,19 +100,35 @@ def build_tiny_model(kind: str, cache_dir: Path) -> Path:
     return out
 
 
-def load_tokenizer(model_dir: str):
-    return AutoTokenizer.from_pretrained(model_dir)
+def hub_revision(model_id: str) -> str | None:
+    """The commit a hub model id was loaded from, read from the local Hugging Face cache (no network);
+    None for a directory, or when the cache does not hold the id."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if Path(model_id).exists():
+        return None
+    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_id, repo_type="model") / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else None
 
 
-def load_base_model(model_dir: str, task_type: str, num_labels: int | None = None, seed: int = 0) -> PreTrainedModel:
-    """The frozen base model; for SEQ_CLS a fresh classifier head of ``num_labels`` (seeded)."""
+def load_tokenizer(model_dir: str, revision: str | None = None):
+    return AutoTokenizer.from_pretrained(model_dir, revision=revision)
+
+
+def load_base_model(model_dir: str, task_type: str, num_labels: int | None = None, seed: int = 0,
+                    revision: str | None = None) -> PreTrainedModel:
+    """The frozen base model; for SEQ_CLS a fresh classifier head of ``num_labels`` (seeded).
+
+    ``revision`` pins a hub model to one commit (a served model must not drift when the hub moves).
+    """
     torch.manual_seed(seed)
     try:
         if task_type == "SEQ_CLS":
             # A checkpoint with a head for other labels (a fine-tuned model) gets a fresh head, not an error.
             return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels,
-                                                                      ignore_mismatched_sizes=True)
-        return AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+                                                                      ignore_mismatched_sizes=True, revision=revision)
+        return AutoModelForSeq2SeqLM.from_pretrained(model_dir, revision=revision)
     except OSError as err:
         raise ModelError(f"model.name_or_path {model_dir!r} could not be loaded: {err}") from None
 

@@ -52,11 +52,11 @@ def save_trial_model(model: torch.nn.Module, method: str, out: Path) -> None:
 
 
 def load_trial_model(method: str, model_dir: str, task_type: str, num_labels: int, seed: int,
-                     saved_dir: str) -> torch.nn.Module:
+                     saved_dir: str, revision: str | None = None) -> torch.nn.Module:
     """A trial's saved model, loaded the way a user would (PeftModel.from_pretrained for prompts)."""
     from peft import PeftModel
 
-    base = models.load_base_model(model_dir, task_type, num_labels, seed)
+    base = models.load_base_model(model_dir, task_type, num_labels, seed, revision)
     if method == "head_only":
         models.head_module(base).load_state_dict(load_file(str(Path(saved_dir) / HEAD_FILE)))
         return base

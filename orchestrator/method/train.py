@@ -29,23 +29,27 @@ class Encoder:
     max_length: int
     max_target_length: int
 
-    def __call__(self, examples: Sequence[Example], label_words: Sequence[str] | None = None,
-                 task_id: int | None = None, label_offset: int = 0) -> dict[str, torch.Tensor]:
-        columns = list(zip(*(ex.texts for ex in examples)))
+    def inputs(self, texts: Sequence[tuple[str, ...]], task_id: int | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs of unlabelled texts (one or two per example): what prediction needs."""
+        columns = list(zip(*texts))
         enc = self.tokenizer(*[list(c) for c in columns], padding=True, truncation=True,
                              max_length=self.max_length, return_tensors="pt")
         # PEFT ignores token_type_ids under prompt tuning (the prompt shifts every position) and warns.
         batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if task_id is not None:
+            batch["task_ids"] = torch.full((len(texts),), task_id, dtype=torch.long)
+        return batch
+
+    def __call__(self, examples: Sequence[Example], label_words: Sequence[str] | None = None,
+                 task_id: int | None = None, label_offset: int = 0) -> dict[str, torch.Tensor]:
+        batch = self.inputs([ex.texts for ex in examples], task_id)
         if self.task_type == "SEQ_CLS":
             batch["labels"] = torch.tensor([ex.label + label_offset for ex in examples])
         else:
             words = [label_words[ex.label] for ex in examples]
             target = self.tokenizer(words, padding=True, truncation=True, max_length=self.max_target_length,
                                     return_tensors="pt")
-            labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
-            batch["labels"] = labels
-        if task_id is not None:
-            batch["task_ids"] = torch.full((len(examples),), task_id, dtype=torch.long)
+            batch["labels"] = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
         return batch
 
 
@@ -142,30 +146,54 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
     return metrics
 
 
+@dataclass
+class Predictions:
+    """What a model predicts for a list of texts."""
+
+    ids: list[int]  # class ids; for seq2seq the generated word's index in label_words, -1 when it is none of them
+    texts: list[str]  # seq2seq: each generated output as decoded (SEQ_CLS: empty)
+    probs: torch.Tensor | None = None  # SEQ_CLS when asked: softmax over the task's labels, one row per text
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, examples: Sequence[Example], encoder: Encoder, label_words: Sequence[str],
-            task_id: int | None = None, label_slice: slice | None = None, batch_size: int = 64) -> list[int]:
-    """Class ids; for seq2seq the generated word's index in ``label_words`` (-1 when it is none of them)."""
+def predict_texts(model: torch.nn.Module, texts: Sequence[tuple[str, ...]], encoder: Encoder,
+                  label_words: Sequence[str], task_id: int | None = None, label_slice: slice | None = None,
+                  batch_size: int = 64, probabilities: bool = False) -> Predictions:
+    """Predictions for unlabelled texts; evaluation and the served model both come through here, so
+    a served model answers exactly what the pipeline scored."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     index = {w.strip().lower(): i for i, w in enumerate(label_words)}
-    preds: list[int] = []
-    for i in range(0, len(examples), batch_size):
-        batch = to_device(encoder(examples[i:i + batch_size], label_words, task_id), device)
-        batch.pop("labels")  # generate() and the classifier forward take inputs only
+    out = Predictions([], [])
+    probs = []
+    for i in range(0, len(texts), batch_size):
+        batch = to_device(encoder.inputs(texts[i:i + batch_size], task_id), device)
         with autocast(device):
             if encoder.task_type == "SEQ_CLS":
                 logits = model(**batch).logits.float()
                 if label_slice is not None:
                     logits = logits[:, label_slice]
-                preds.extend(logits.argmax(-1).tolist())
+                out.ids.extend(logits.argmax(-1).tolist())
+                if probabilities:
+                    probs.append(logits.softmax(-1).cpu())
             else:
-                out = model.generate(**batch, max_new_tokens=encoder.max_target_length, do_sample=False, num_beams=1)
-                texts = encoder.tokenizer.batch_decode(out, skip_special_tokens=True)
-                preds.extend(index.get(t.strip().lower(), -1) for t in texts)
+                generated = model.generate(**batch, max_new_tokens=encoder.max_target_length, do_sample=False,
+                                           num_beams=1)
+                decoded = encoder.tokenizer.batch_decode(generated, skip_special_tokens=True)
+                out.texts.extend(decoded)
+                out.ids.extend(index.get(t.strip().lower(), -1) for t in decoded)
     model.train(was_training)
-    return preds
+    if probs:
+        out.probs = torch.cat(probs)
+    return out
+
+
+def predict(model: torch.nn.Module, examples: Sequence[Example], encoder: Encoder, label_words: Sequence[str],
+            task_id: int | None = None, label_slice: slice | None = None, batch_size: int = 64) -> list[int]:
+    """Class ids; for seq2seq the generated word's index in ``label_words`` (-1 when it is none of them)."""
+    return predict_texts(model, [ex.texts for ex in examples], encoder, label_words, task_id, label_slice,
+                         batch_size).ids
 
 
 def evaluate(model: torch.nn.Module, data: TaskData, split: str, encoder: Encoder, task_id: int | None = None,

@@ -42,6 +42,9 @@ def distill_train_loop(config: dict) -> None:
     overrides = [teacher_overrides(inner, t, sl) for t, sl in zip(teachers, slices)]
     encoder = ctx.encoder()
     logger = worker.rank0_logger(config)
+    if logger:
+        for d in datas:
+            logger.log_datasets(spec.task(d.name), d, ("train", "validation"), spec.seed)
     start, state = worker.resume(model, logger, "distill")
     streams = [batch_stream(d.train, stage.batch_size, spec.seed + k + start, rank, world)
                for k, d in enumerate(datas)]

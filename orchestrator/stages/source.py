@@ -40,6 +40,8 @@ def source_train_loop(config: dict) -> None:
                                                                      spec.prompt.num_virtual_tokens))
     encoder = ctx.encoder()
     logger = worker.rank0_logger(config)
+    if logger:
+        logger.log_datasets(spec.task(data.name), data, ("train", "validation"), spec.seed)
     start, state = worker.resume(model, logger, f"source:{data.name}")
     stream = batch_stream(data.train, stage.batch_size, spec.seed + start, rank, world)
 

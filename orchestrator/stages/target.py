@@ -23,7 +23,7 @@ from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from .. import report
+from .. import registry, report
 from ..logs import in_ray_worker, progress
 from ..method import models
 from ..method.distill import SharedPrompt, Teacher
@@ -62,6 +62,7 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
         model.to(device)
         trainable = models.count_trainable(model)
         run.log_params({"trainable_params": trainable})
+        run.log_datasets(spec.task(task), data, ("train", "validation"), spec.seed)
         encoder = ctx.encoder()
         stream = batch_stream(data.train, int(config["batch_size"]), spec.seed)
 
@@ -214,8 +215,9 @@ def run_sweeps(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: 
 @ray.remote
 @in_ray_worker
 def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune.Checkpoint,
-                  run_id: str) -> dict[str, float]:
-    """Reload a sweep's best trial from its saved files and score validation (it must match the sweep) and test.
+                  run_id: str) -> dict[str, float | str]:
+    """Reload a sweep's best trial from its saved files and score validation (it must match the sweep) and test;
+    then, as the spec's ``registry`` asks, register it as an MLflow model (``registered_model`` in the result).
 
     Test is scored here only, for the trial already chosen on validation: never tune on test.
     """
@@ -225,12 +227,16 @@ def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune
     encoder = ctx.encoder()
     with checkpoint.as_directory() as checkpoint_dir:
         model = load_trial_model(method, ctx.model_dir, spec.model.task_type, data.num_labels, spec.seed, checkpoint_dir)
-        metrics = {**evaluate(model, data, "validation", encoder, task_id),
-                   **evaluate(model, data, "test", encoder, task_id)}
+        metrics: dict[str, float | str] = {**evaluate(model, data, "validation", encoder, task_id),
+                                           **evaluate(model, data, "test", encoder, task_id)}
         logger = RunLogger(ctx.tracking.uri, run_id)
         logger.log_metrics(spec.target.steps, {k: v for k, v in metrics.items() if k.startswith("test_")})
+        logger.log_datasets(spec.task(task), data, ("test",), spec.seed)
         logger.set_tags({"mpt.best": "true"})
         logger.log_artifact(checkpoint_dir, "best_adapter" if method == "mpt" else f"best_{report.family(method)}")
+        if registry.should_register(spec.registry, method):
+            metrics["registered_model"] = registry.register_best(ctx, task, method, data, checkpoint_dir, run_id,
+                                                                 metrics)
     return metrics
 
 

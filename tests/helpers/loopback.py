@@ -2,6 +2,8 @@
 
 - ``start_mlflow_server(tmp_dir)``: an ``mlflow server`` (SQLite backend, proxied artifacts)
   on a free loopback port; ``stop_mlflow_server(proc)``.
+- ``start_model_server(model_uri, tracking_uri, tmp_dir)``: ``mlflow models serve --env-manager
+  local`` on a free loopback port, ready when ``/ping`` answers; stopped with ``stop_mlflow_server``.
 - ``start_loopback_cluster()``: a 2-node Ray cluster built with Ray's own multi-node test
   harness ``ray.cluster_utils.Cluster`` (head + a second node with the custom resource
   ``node2``), never ``ray.init``-connected in this process; ``LoopbackCluster.stop()``. With
@@ -293,20 +295,21 @@ def mlflow_server_command(tmp_dir: str | os.PathLike, port: int, workers: int = 
     ]  # fmt: skip
 
 
-def wait_for_mlflow(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> float:
-    """Poll ``url/health`` until it answers 200; return the seconds waited."""
+def wait_for_mlflow(url: str, proc: subprocess.Popen, timeout: float = 180.0, path: str = "/health",
+                    what: str = "mlflow server") -> float:
+    """Poll ``url + path`` until it answers 200; return the seconds waited."""
     t0 = time.monotonic()
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}; see {getattr(proc, 'log_path', '?')}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {getattr(proc, 'log_path', '?')}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+            with urllib.request.urlopen(f"{url}{path}", timeout=5) as r:
                 if r.status == 200:
                     return time.monotonic() - t0
         except (urllib.error.URLError, ConnectionError, socket.timeout):
             pass
         if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"mlflow server at {url} not healthy after {timeout:.0f}s")
+            raise TimeoutError(f"{what} at {url} not ready after {timeout:.0f}s; see {getattr(proc, 'log_path', '?')}")
         time.sleep(0.25)
 
 
@@ -374,6 +377,33 @@ def mlflow_server(tmp_dir: str | os.PathLike, **kw) -> Iterator[tuple[str, subpr
         yield url, proc
     finally:
         stop_mlflow_server(proc)
+
+
+def start_model_server(model_uri: str, tracking_uri: str, tmp_dir: str | os.PathLike,
+                       timeout: float = 180.0) -> tuple[str, subprocess.Popen]:
+    """``mlflow models serve --env-manager local`` of ``model_uri`` on 127.0.0.1:<free port>, polled on
+    ``/ping`` until the model has loaded; return (``http://127.0.0.1:PORT``, Popen). Stop it with
+    ``stop_mlflow_server`` (its own session, killed by PID)."""
+    root = Path(tmp_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    env = {**os.environ, **NO_PHONE_HOME, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
+    log_path = root / "model-server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+             "--host", LOOPBACK, "--port", str(port), "--workers", "1"],
+            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+        )
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    try:
+        wait_for_mlflow(url, proc, timeout, path="/ping", what="model server")
+    except BaseException:
+        stop_mlflow_server(proc)
+        raise
+    return url, proc
 
 
 # ----------------------------------------------------------------------------- Ray cluster

@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.pipeline import run_smoke
+from helpers.specs import SMOKE as SMOKE_PATH
 from mlflow.tracking import MlflowClient
 from peft import PeftModel
 
-from orchestrator.cli import main
 from orchestrator.data import load_task
 from orchestrator.method import models
 from orchestrator.method.train import Encoder, evaluate
 from orchestrator.spec import load_spec
 from orchestrator.tracking import PARENT_TAG, STAGE_TAG, TASK_TAG
 
-SMOKE = str(Path(__file__).resolve().parents[2] / "pipelines" / "smoke.yaml")
+SMOKE = str(SMOKE_PATH)
 # Fake secrets in the environment of the driver and (through Ray) every worker, set before Ray starts.
 SECRETS = {"HF_TOKEN": "hf_SENTINEL0secret0token", "MLFLOW_TRACKING_PASSWORD": "SENTINEL-mlflow-password",
            "AWS_SECRET_ACCESS_KEY": "SENTINEL/aws/secret/key"}
@@ -28,22 +29,6 @@ VARIANTS = {
     "seq_cls": [],
     "seq2seq": ["--set", "model.name_or_path=tiny:t5", "--set", "model.task_type=SEQ_2_SEQ_LM"],
 }
-
-
-def run_smoke(tmp_path: Path, *args: str) -> tuple[int, str]:
-    """The CLI, in process, on the module's Ray; returns its exit code and what it printed."""
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with contextlib.redirect_stdout(out):
-            rc = main(["run", SMOKE, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *args])
-    finally:
-        os.chdir(cwd)
-    return rc, out.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,16 @@ that ASHA stopped end FINISHED with the README's tag, and the local and hf tasks
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from helpers.data import write_hub_layout, write_split_files
+from helpers.pipeline import run_smoke
 from helpers.specs import SMOKE
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import main
 from orchestrator.data import load_task
 from orchestrator.spec import TaskSpec, load_spec
 from orchestrator.tracking import PARENT_TAG, STAGE_TAG, STOPPED_TAG, TASK_TAG
@@ -62,19 +59,12 @@ def write_spec(tmp: Path) -> Path:
 def store(local_ray, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two_targets")
     spec_path = write_spec(tmp)
-    out = io.StringIO()
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        with contextlib.redirect_stdout(out):
-            rc = main(["run", str(spec_path), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"])
-    finally:
-        os.chdir(cwd)
-    assert rc == 0, out.getvalue()
+    rc, out = run_smoke(tmp, spec=spec_path)
+    assert rc == 0, out
     spec = load_spec(spec_path)
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id], max_results=1000)
-    return spec, client, runs, out.getvalue()
+    return spec, client, runs, out
 
 
 def trainable_params(method: str, rank: int, num_labels: int, l: int, d: int = 32) -> int:

@@ -71,3 +71,15 @@ def test_missing_model_dir_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(models.ModelError, match="no config.json"):
         models.resolve_model_dir(ModelSpec(name_or_path=str(tmp_path / "empty")))
+
+
+def test_hub_revision_is_read_from_the_local_cache(tmp_path, monkeypatch, bert_dir):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert models.hub_revision("google-t5/t5-base") is None  # not cached: unknown, and no network asked
+    ref = tmp_path / "models--google-t5--t5-base" / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+    ref.write_text("a" * 40 + "\n")
+    assert models.hub_revision("google-t5/t5-base") == "a" * 40
+    assert models.hub_revision(bert_dir) is None  # a local model has no revision

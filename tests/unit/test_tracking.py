@@ -1,11 +1,17 @@
-"""The pure parts of orchestrator/tracking.py: credentials redacted from any text, and the line of a
-(Ray-wrapped) error that says what went wrong."""
+"""The pure parts of orchestrator/tracking.py: credentials redacted from any text, the line of a
+(Ray-wrapped) error that says what went wrong, and a task split as an MLflow dataset input."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import threading
 
-from orchestrator.tracking import StageFailed, redact, root_cause
+import pytest
+from helpers.models import small
+from mlflow.tracking import MlflowClient
+
+from orchestrator.spec import TaskSpec
+from orchestrator.tracking import DATASET_CONTEXT, RunLogger, StageFailed, dataset_input, redact, root_cause
 
 
 def test_redact_a_uri_with_userinfo():
@@ -61,3 +67,54 @@ def test_root_cause_of_other_errors():
     assert root_cause(RuntimeError(text)) == "ValueError: bad lr"
     assert root_cause(RuntimeError("first line\nthe last line says it\n")) == "the last line says it"
     assert root_cause(KeyError()) == "KeyError"
+
+
+def test_a_split_as_an_mlflow_dataset_input():
+    data = small("topic_match")
+    spec = TaskSpec(name="topic_match", max_train_examples=64, max_eval_examples=16)
+    item = dataset_input(spec, data, "train", seed=0)
+    assert item.dataset.name == "topic_match" and [(t.key, t.value) for t in item.tags] == [(DATASET_CONTEXT, "train")]
+    assert item.dataset.source_type == "code" and json.loads(item.dataset.source)["task"] == "topic_match"
+    assert json.loads(item.dataset.profile)["num_rows"] == 64
+    assert [c["name"] for c in json.loads(item.dataset.schema)["mlflow_colspec"]] == ["text", "text_pair", "label"]
+    # the digest follows the examples: the same split gives the same digest, another split another one
+    assert item.dataset.digest == dataset_input(spec, data, "train", seed=0).dataset.digest
+    assert item.dataset.digest != dataset_input(spec, data, "validation", seed=0).dataset.digest
+    data.train[0], data.train[1] = data.train[1], data.train[0]
+    assert item.dataset.digest != dataset_input(spec, data, "train", seed=0).dataset.digest
+
+    hub = TaskSpec(name="rte", kind="hf", dataset="glue", config="rte", text_fields=["sentence1", "sentence2"])
+    item = dataset_input(hub, data, "test", seed=0)
+    assert item.dataset.source_type == "hugging_face" and json.loads(item.dataset.source) == \
+        {"path": "glue", "config_name": "rte"}
+    assert json.loads(item.dataset.schema)["mlflow_colspec"][0]["name"] == "sentence1"
+
+
+def test_runs_that_start_together_all_get_their_datasets(tmp_path, caplog):
+    """Concurrent trials insert the same dataset row; without the retry about one in seven lost the race
+    (UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest) and failed."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e")
+    data = small("sentiment")
+    spec = TaskSpec(name="sentiment", max_train_examples=64, max_eval_examples=16)
+    runs = [client.create_run(experiment).info.run_id for _ in range(16)]
+    barrier = threading.Barrier(len(runs))
+    errors = []
+
+    def log(run_id: str) -> None:
+        barrier.wait()
+        try:
+            RunLogger(uri, run_id).log_datasets(spec, data, ("train", "validation"), 0)
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and "not logged" not in caplog.text
+    for run_id in runs:
+        contexts = sorted(t.value for i in client.get_run(run_id).inputs.dataset_inputs for t in i.tags)
+        assert contexts == ["train", "validation"]
