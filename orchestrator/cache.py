@@ -25,6 +25,7 @@ STAGES = ("source", "distill", "target")
 # Bump when a change to the method makes earlier results incomparable.
 METHOD_VERSION = "1"
 TARGET_RESULTS = "targets"
+JOINT = "distill:joint"  # the joint_multitask student: a distillation job without teachers
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def _digest(*parts) -> str:
 
 
 def fingerprints(spec: PipelineSpec) -> dict[str, str]:
-    """``{"source:<task>": fp, "distill": fp, "target:<task>": fp}``."""
+    """``{"source:<task>": fp, "distill": fp, "distill:joint": fp, "target:<task>": fp}``."""
     common = {"model": spec.model.model_dump(), "prompt": spec.prompt.model_dump(), "seed": spec.seed,
               "method_version": METHOD_VERSION}
 
@@ -47,10 +48,16 @@ def fingerprints(spec: PipelineSpec) -> dict[str, str]:
 
     fps = {f"source:{t}": _digest(common, settings(spec.source), spec.task(t).model_dump()) for t in spec.sources}
     fps["distill"] = _digest(common, settings(spec.distill), [fps[f"source:{t}"] for t in spec.sources])
+    # the joint_multitask ablation: no teachers, so neither their fingerprints nor lambda and T matter
+    joint = {k: v for k, v in settings(spec.distill).items() if k not in ("lambda", "temperature")}
+    fps[JOINT] = _digest(common, joint, "joint_multitask", [spec.task(t).model_dump() for t in spec.sources])
+    baselines = spec.target.baselines
     upstream = [fps["distill"]] + ([fps[f"source:{t}"] for t in spec.sources]
-                                   if "single_source" in spec.target.baselines else [])
+                                   if {"single_source", "no_distill"} & set(baselines) else []) \
+        + ([fps[JOINT]] if "joint_multitask" in baselines else [])
     for t in spec.targets:
-        fps[f"target:{t}"] = _digest(common, settings(spec.target), spec.task(t).model_dump(), upstream)
+        fps[f"target:{t}"] = _digest(common, settings(spec.target), spec.task(t).model_dump(), upstream,
+                                     spec.seed_list())
     return fps
 
 
@@ -95,18 +102,19 @@ def reuse_source(ctx, task: str) -> Teacher | None:
     return None
 
 
-def reuse_distill(ctx):
-    """The shared prompt (and student heads) of an earlier FINISHED distillation, or None."""
+def reuse_distill(ctx, key: str = "distill"):
+    """The shared prompt (and student heads) of an earlier FINISHED distillation (``key`` ``JOINT``:
+    the joint_multitask student), or None."""
     if "distill" in ctx.forced:
         return None
-    client, runs = _finished_run(ctx.tracking, "distill", ctx.fingerprints["distill"])
+    client, runs = _finished_run(ctx.tracking, "distill", ctx.fingerprints[key])
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
             shared = _download(client, run.info.run_id, SHARED_PROMPT_FILE, tmp)
             if shared is None:
                 continue
             heads = _download(client, run.info.run_id, STUDENT_HEADS_FILE, tmp)
-            _note_reuse(ctx, "distill", run.info.run_id)
+            _note_reuse(ctx, key, run.info.run_id)
             return SharedPrompt(load_file(str(shared)), load_file(str(heads)) if heads else {})
     return None
 

@@ -80,7 +80,7 @@ def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[S
 
     ``hub_data=False`` leaves hub datasets unchecked, so that a cluster spec validates offline.
     """
-    from .data import check_task
+    from .data import budget_problem, check_task, load_task
     from .method.models import ModelError, resolve_model_dir
 
     issues: list[SpecIssue] = []
@@ -93,6 +93,13 @@ def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[S
     for task in spec.tasks:
         if task.name in used and (hub_data or task.kind != "hf"):
             issues.extend(check_task(task, spec.seed))
+    for name in spec.targets:
+        task = spec.task(name)
+        if spec.target.shots and (hub_data or task.kind != "hf") and not check_task(task, spec.seed):
+            data = load_task(task, spec.seed)
+            issues += [SpecIssue(field="target.shots", value=b, message=f"target {name}: {problem}",
+                                 fix="use a smaller budget, or give that task more training examples")
+                       for b in spec.target.budgets() if (problem := budget_problem(data, b))]
     if spec.model.task_type == "SEQ_2_SEQ_LM" and "head_only" in spec.target.baselines:
         issues.append(SpecIssue(field="target.baselines", value="head_only",
                                 message="a text-to-text model has no classifier head to probe",
@@ -120,21 +127,26 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
         return f"{r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU{gpu})"
 
     t = spec.target
-    mpt_trials = t.search_space.trial_count(["mpt"], t.num_samples)
+    seeds, budgets = spec.seed_list(), t.budgets()
+    mpt_trials = t.search_space.trial_count(["mpt"], t.num_samples, len(seeds)) * len(budgets)
     baseline_methods = t.baseline_methods(spec.sources)
-    baseline_trials = t.search_space.trial_count(baseline_methods, t.num_samples)
+    baseline_trials = t.search_space.trial_count(baseline_methods, t.num_samples, len(seeds)) * len(budgets)
     lines = [
         f"pipeline {spec.name}: model {spec.model.name_or_path} ({spec.model.task_type}), "
-        f"{spec.prompt.num_virtual_tokens} virtual tokens, seed {spec.seed}",
+        f"{spec.prompt.num_virtual_tokens} virtual tokens, seed {spec.seed} (data, sources, distillation)",
         f"1. sources: {len(spec.sources)} Ray Train jobs in parallel, {spec.source.steps} steps each, "
         f"{res(spec.source.resources)} per job",
         *[f"     - source {name}" for name in spec.sources],
         f"2. distill: 1 Ray Train job, MPT num_tasks={len(spec.sources)} rank={spec.distill.rank}, "
         f"{spec.distill.steps} steps, lambda={spec.distill.lambda_:g}, T={spec.distill.temperature:g}, "
         f"{res(spec.distill.resources)}",
+        *(["     - joint_multitask: 1 more Ray Train job at the same settings, task loss only (lambda=0, no "
+           "teachers), in parallel with the sources"] if "joint_multitask" in t.baselines else []),
         f"3. targets: {len(spec.targets)} Ray Tune sweeps in parallel, {mpt_trials} MPT trial(s) each "
         f"({t.scheduler.type}) + {baseline_trials} baseline trial(s), {t.steps} steps per trial, "
         f"{res(t.resources)} per trial, max concurrent {t.max_concurrent_trials or 'unlimited'}",
+        f"     - every configuration at {len(seeds)} seed(s) {seeds}; training set: "
+        f"{', '.join(b if b == 'full' else f'{b} shots per class' for b in map(str, budgets))} (one sweep each)",
         *[f"     - target {name}: search {yaml.safe_dump(t.search_space.root, default_flow_style=True).strip()}"
           for name in spec.targets],
         *([f"     - baselines: {', '.join(baseline_methods)}"] if baseline_methods else []),

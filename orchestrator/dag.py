@@ -1,4 +1,5 @@
-"""The Ray task graph: sources (fan-out) -> distill (join) -> targets (fan-out) -> report (join).
+"""The Ray task graph: sources (fan-out) -> distill (join) -> targets (fan-out) -> report (join),
+with the joint_multitask ablation's student beside the sources when a spec asks for it.
 
 Built from remote tasks passing ``ObjectRef`` arguments, which Ray resolves to values before a task
 starts, so each node runs as soon as its inputs exist. A node reuses its stage's earlier result when
@@ -33,11 +34,18 @@ def distill_node(ctx: PipelineContext, *teachers: Teacher) -> SharedPrompt:
 
 @ray.remote(num_cpus=0)
 @in_ray_worker
-def target_node(ctx: PipelineContext, task: str, shared: SharedPrompt, *teachers: Teacher) -> list[dict]:
+def joint_node(ctx: PipelineContext) -> SharedPrompt:
+    return cache.reuse_distill(ctx, cache.JOINT) or distill.run_distill(ctx, None)
+
+
+@ray.remote(num_cpus=0)
+@in_ray_worker
+def target_node(ctx: PipelineContext, task: str, shared: SharedPrompt, joint: SharedPrompt | None,
+                *teachers: Teacher) -> list[dict]:
     reused = cache.reuse_target(ctx, task)
     if reused is not None:
         return reused
-    rows = target.run_target(ctx, task, shared, list(teachers))
+    rows = target.run_target(ctx, task, shared, joint, list(teachers))
     cache.record_target(ctx, task, rows)
     return rows
 
@@ -67,5 +75,7 @@ def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     env = train_job_env()
     teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in spec.sources]
     shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
-    targets = [target_node.remote(ctx, task, shared, *teachers) for task in spec.targets]
+    # the joint_multitask ablation's student needs no teachers: it trains beside the sources
+    joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in spec.target.baselines else None
+    targets = [target_node.remote(ctx, task, shared, joint, *teachers) for task in spec.targets]
     return ray.get(report_node.remote(ctx, ctx.tracking.parent_run_id, *targets))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 
 from .tracking import RunLogger
 
-TABLE_COLUMNS = ["task", "method", "rank", "lr", "head_lr", "batch_size", "metric", "value", "test_value", "steps",
-                 "trainable_params", "status", "best", "error", "mlflow_run_id", "registered_model"]
+TABLE_COLUMNS = ["task", "shots", "method", "seed", "config", "rank", "lr", "head_lr", "batch_size", "metric", "value",
+                 "test_value", "steps", "trainable_params", "status", "best", "error", "mlflow_run_id",
+                 "registered_model"]
 
 
 def family(method: str) -> str:
@@ -19,15 +21,22 @@ def family(method: str) -> str:
 
 
 def select_best(rows: list[dict]) -> list[dict]:
-    """Per method family, the trial with the best validation value that left a checkpoint."""
-    best: dict[str, dict] = {}
+    """Per method family and budget, the configuration whose trials have the best validation value
+    averaged over seeds; returns its trial at every seed (those that left a checkpoint).
+
+    A trial ASHA stopped counts with its last reported value, and is scored at its last checkpoint.
+    """
+    configs: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         if row["status"] == "failed" or row.get("checkpoint") is None or row["value"] is None:
             continue
-        fam = family(row["method"])
-        if fam not in best or row["value"] > best[fam]["value"]:
-            best[fam] = row
-    return list(best.values())
+        configs[(family(row["method"]), str(row.get("shots")), row.get("config"))].append(row)
+    best: dict[tuple, tuple[float, list[dict]]] = {}
+    for (fam, shots, _), trials in configs.items():
+        score = sum(r["value"] for r in trials) / len(trials)
+        if (fam, shots) not in best or score > best[(fam, shots)][0]:
+            best[(fam, shots)] = (score, trials)
+    return [row for _, trials in best.values() for row in trials]
 
 
 def attach_test(rows: list[dict], bests: list[dict], evaluations: list[dict[str, float]]) -> list[dict]:
@@ -50,16 +59,23 @@ def results_table(rows: list[dict]) -> pd.DataFrame:
     for col in TABLE_COLUMNS:
         if col not in table:
             table[col] = None
+    table["shots"] = table["shots"].astype(str)  # "full" beside numbers
     return table[TABLE_COLUMNS + [c for c in table.columns if c not in TABLE_COLUMNS]] \
-        .sort_values(["task", "method", "value"], ascending=[True, True, False], ignore_index=True)
+        .sort_values(["task", "shots", "method", "value", "seed"], ascending=[True, True, True, False, True],
+                     ignore_index=True)
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per target and method family: the chosen trial's validation and test value."""
+    """One row per target, budget and method family: the chosen configuration's validation and test
+    values averaged over its seeds (the intervals and verdicts are the analysis's)."""
     best = table[table["best"]].copy()
     best["method"] = best["method"].map(family)
-    return best[["task", "method", "metric", "value", "test_value", "trainable_params", "rank", "lr"]] \
-        .sort_values(["task", "value"], ascending=[True, False], ignore_index=True)
+    keys = ["task", "shots", "method", "metric", "trainable_params", "rank", "lr"]
+    best[["rank", "lr"]] = best[["rank", "lr"]].astype(str)  # None for methods without them: kept as a group
+    out = best.groupby(keys, dropna=False).agg(seeds=("seed", "count"), value=("value", "mean"),
+                                               test_value=("test_value", "mean")).reset_index()
+    return out[["task", "shots", "method", "metric", "seeds", "value", "test_value", "trainable_params", "rank", "lr"]] \
+        .sort_values(["task", "shots", "value"], ascending=[True, True, False], ignore_index=True)
 
 
 def plot(table: pd.DataFrame, path: Path) -> Path:
@@ -70,7 +86,7 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     best = summary(table)
-    pivot = best.pivot_table(index="task", columns="method", values="test_value")
+    pivot = best.pivot_table(index=["task", "shots"], columns="method", values="test_value")
     ax = pivot.plot.bar(figsize=(max(6, 2 * len(pivot)), 4), rot=0)
     ax.set_ylabel("test " + (best["metric"].iloc[0].removeprefix("eval_") if len(best) else "metric"))
     ax.set_title("Best trial per target and method (chosen on validation)")
@@ -94,5 +110,6 @@ def publish(table: pd.DataFrame, parent: RunLogger) -> None:
     metrics = {}
     for _, row in summary(table).iterrows():
         if row["test_value"] is not None and row["test_value"] == row["test_value"]:
-            metrics[f"test_{row['method']}_{row['task']}"] = float(row["test_value"])
+            budget = "" if row["shots"] == "full" else f"_{row['shots']}shot"
+            metrics[f"test_{row['method']}_{row['task']}{budget}"] = float(row["test_value"])
     parent.log_metrics(0, metrics)

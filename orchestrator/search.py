@@ -12,6 +12,8 @@ from pydantic import Field, RootModel, field_validator
 TUNABLE = ("rank", "lr", "head_lr", "batch_size", "weight_decay")
 
 BASELINE_KEY = "baseline"  # a multi-method sweep's grid over methods: one dict of settings per method
+# Methods that train MPT's target model (P* times u v^T of a searched rank), differing only in where P* comes from.
+MPT_MODELS = ("mpt", "no_distill", "joint_multitask")
 
 
 class SearchSpace(RootModel[dict[str, Any]]):
@@ -53,39 +55,47 @@ class SearchSpace(RootModel[dict[str, Any]]):
 
     @staticmethod
     def method_keys(method: str) -> tuple[str, ...]:
-        """The settings a method's trials take: rank is MPT's alone, and the linear probe has no
-        prompt, so no prompt lr either (it runs once per head_lr, not once per prompt lr)."""
-        drop = () if method == "mpt" else ("rank", "lr") if method == "head_only" else ("rank",)
+        """The settings a method's trials take: rank belongs to MPT's target model alone, and the linear
+        probe has no prompt, so no prompt lr either (it runs once per head_lr, not once per prompt lr)."""
+        drop = () if method in MPT_MODELS else ("rank", "lr") if method == "head_only" else ("rank",)
         return tuple(k for k in TUNABLE if k not in drop)
 
-    def trial_count(self, methods: list[str], num_samples: int) -> int:
-        """How many trials Tune runs for one sweep over ``methods``."""
+    def trial_count(self, methods: list[str], num_samples: int, seeds: int = 1) -> int:
+        """How many trials Tune runs for one sweep over ``methods``, every configuration at ``seeds`` seeds."""
         def grid_points(method: str) -> int:
             sizes = [len(d["grid"]) for k, d in self.root.items()
                      if k in self.method_keys(method) and isinstance(d, dict) and "grid" in d]
             return math.prod(sizes)
 
-        return num_samples * sum(grid_points(m) for m in methods)
+        return num_samples * seeds * sum(grid_points(m) for m in methods)
 
-    def tune_space(self, methods: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
-        """Tune's param space for one sweep over ``methods``; ``defaults`` fill the keys not searched.
+    def tune_space(self, methods: list[str], defaults: dict[str, Any], seeds: list[int],
+                   shots: int | str) -> dict[str, Any]:
+        """Tune's param space for one sweep over ``methods`` at one training-set budget (``shots``);
+        ``defaults`` fill the keys not searched, and every configuration runs once per seed.
 
         Several methods make one grid over methods (``BASELINE_KEY``), each with its own settings,
         so that a setting a method does not take is not searched for it.
         """
-        space = {**defaults, **{k: _tune_domain(v) for k, v in self.root.items()}}
-        if len(methods) == 1:
-            return {**{k: space[k] for k in self.method_keys(methods[0])}, "method": methods[0]}
-        common = [k for k in TUNABLE if all(k in self.method_keys(m) for m in methods)]
-        variants = [{"method": m, **{k: space[k] for k in self.method_keys(m) if k not in common}} for m in methods]
         from ray import tune
 
-        return {**{k: space[k] for k in common}, BASELINE_KEY: tune.grid_search(variants)}
+        space = {**defaults, **{k: _tune_domain(v) for k, v in self.root.items()}}
+        fixed = {"seed": tune.grid_search(seeds), "shots": shots}
+        if len(methods) == 1:
+            return {**{k: space[k] for k in self.method_keys(methods[0])}, "method": methods[0], **fixed}
+        common = [k for k in TUNABLE if all(k in self.method_keys(m) for m in methods)]
+        variants = [{"method": m, **{k: space[k] for k in self.method_keys(m) if k not in common}} for m in methods]
+        return {**{k: space[k] for k in common}, BASELINE_KEY: tune.grid_search(variants), **fixed}
 
     @staticmethod
     def trial_settings(config: dict[str, Any]) -> dict[str, Any]:
-        """A trial's config with its method's settings (if any) merged in: method, lr, head_lr, ..."""
+        """A trial's config with its method's settings (if any) merged in: method, lr, head_lr, seed, ..."""
         return {**{k: v for k, v in config.items() if k != BASELINE_KEY}, **config.get(BASELINE_KEY, {})}
+
+    @staticmethod
+    def configuration(settings: dict[str, Any]) -> str:
+        """What one configuration's trials share across seeds (method and searched values), as a key."""
+        return ",".join(f"{k}={settings[k]}" for k in ("method", *TUNABLE) if settings.get(k) not in (None, ""))
 
 
 def _domain_values(dom: Any) -> list[Any]:

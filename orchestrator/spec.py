@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .redaction import redact
 from .search import TUNABLE, SearchSpace
@@ -21,7 +21,6 @@ from .search import TUNABLE, SearchSpace
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 TINY_MODELS = ("tiny:bert", "tiny:t5")
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-BASELINES = ("head_only", "vanilla_pt", "single_source")
 
 
 class SpecIssue(BaseModel):
@@ -154,10 +153,36 @@ class TargetStage(TrainSpec):
     num_samples: int = Field(1, gt=0, description="Tune samples (each grid point is repeated num_samples times).")
     max_concurrent_trials: int | None = Field(None, gt=0, description="Cap on trials running at once per target.")
     scheduler: Scheduler = Field(default_factory=Scheduler)
-    baselines: list[Literal["head_only", "vanilla_pt", "single_source"]] = Field(
-        default_factory=list, description="Extra runs at the same step budget to compare against MPT."
+    baselines: list[Literal["head_only", "vanilla_pt", "single_source", "no_distill", "joint_multitask"]] = Field(
+        default_factory=list,
+        description="Methods compared with MPT at the same step budget and lr search: head_only (linear probe), "
+        "vanilla_pt (random prompt), single_source (one run per source prompt, SPoT), and the ablations "
+        "no_distill (the mean of the teacher prompts, not distilled) and joint_multitask (an MPT student trained "
+        "on the sources' task loss only, no teachers: its own Ray Train job).",
+    )
+    shots: list[int | Literal["full"]] | None = Field(
+        None,
+        description="Few-shot budgets, in training examples per class (e.g. [4, 16, 32]; 'full' is the whole "
+        "training set): the comparison runs once per budget, each seed drawing its own balanced subset, the "
+        "same for every method. Default: the full training set only.",
     )
     resources: Resources = Field(default_factory=Resources, description="Per Tune trial (num_workers must be 1).")
+
+    @field_validator("shots")
+    @classmethod
+    def _budgets(cls, shots: list | None) -> list | None:
+        if shots is not None:
+            if not shots:
+                raise ValueError("is empty; leave it out for the full training set, or list budgets like [4, 16]")
+            if any(isinstance(b, int) and b <= 0 for b in shots):
+                raise ValueError("budgets are examples per class, so each must be > 0")
+            if len(set(map(str, shots))) != len(shots):
+                raise ValueError("lists a budget twice; list each once")
+        return shots
+
+    def budgets(self) -> list[int | str]:
+        """The training-set budgets the comparison runs at: ``shots``, or the full set."""
+        return list(self.shots) if self.shots else ["full"]
 
     @field_validator("resources")
     @classmethod
@@ -236,7 +261,12 @@ class ClusterSpec(Strict):
 
 class PipelineSpec(Strict):
     name: str = Field(pattern=SAFE_NAME, description="Pipeline name: the MLflow experiment and the storage folder.")
-    seed: int = Field(0, description="Seed for data sampling, initialisation and shuffling.")
+    seed: int = Field(0, description="Seed of data sampling and splits, the sources and the distillation; "
+                      "with `seeds`, it is their first.")
+    seeds: list[int] | None = Field(
+        None, description="Seeds the target comparison repeats over (the head's initialisation, the data order and "
+        "the few-shot draw); each method's configuration is chosen on validation averaged over seeds, then tested "
+        "at every seed. Default [seed]; intervals and verdicts need at least 2.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     prompt: PromptSpec = Field(default_factory=PromptSpec)
     tasks: list[TaskSpec] = Field(min_length=1, description="Every task the pipeline uses, by name.")
@@ -255,6 +285,28 @@ class PipelineSpec(Strict):
         None, description="Ray Train/Tune storage (local dir, NFS dir or s3:// URI); default ./ray_results."
     )
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_is_first_of_seeds(cls, raw: Any) -> Any:
+        seeds = raw.get("seeds") if isinstance(raw, dict) else None
+        if isinstance(seeds, list) and seeds and isinstance(seeds[0], int) and not isinstance(seeds[0], bool):
+            return {**raw, "seed": seeds[0]}
+        return raw
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None:
+            if not seeds:
+                raise ValueError("is empty; give at least one seed, e.g. [0, 1, 2]")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError("lists a seed twice; a repeated seed repeats the same run, not a new sample")
+        return seeds
+
+    def seed_list(self) -> list[int]:
+        """The seeds target trials repeat over."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
     def task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)

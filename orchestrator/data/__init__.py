@@ -12,6 +12,7 @@ the paths that need them, so the embedded suite loads fast inside every Ray work
 
 from __future__ import annotations
 
+from .fewshot import FULL, budget_problem, few_shot
 from .registry import check_task, load_task
 from .splits import HELD_OUT_VAL, SMALL_TRAIN, apply_split_rule
 from .synthetic import EMBEDDED, EMBEDDED_SOURCES, EMBEDDED_TARGETS, embedded_task_names
@@ -21,6 +22,7 @@ __all__ = [
     "EMBEDDED",
     "EMBEDDED_SOURCES",
     "EMBEDDED_TARGETS",
+    "FULL",
     "HELD_OUT_VAL",
     "ROLES",
     "SMALL_TRAIN",
@@ -28,8 +30,10 @@ __all__ = [
     "TaskData",
     "TaskDataError",
     "apply_split_rule",
+    "budget_problem",
     "check_task",
     "embedded_task_names",
+    "few_shot",
     "load_task",
     "text_columns",
 ]

@@ -2,7 +2,10 @@
 
 ``mpt`` starts from the distilled P* with u v^T = 1 (PEFT's own N(0, 0.02) start would scale the
 transferred prompt to almost nothing); ``vanilla_pt`` from a random prompt; ``single_source:<task>``
-from one teacher's prompt (SPoT); ``head_only`` is the linear probe of the frozen model. Every
+from one teacher's prompt (SPoT); ``head_only`` is the linear probe of the frozen model. Two
+ablations train MPT's own target model from another P*: ``no_distill`` from the mean of the teacher
+prompts (where distillation starts, so the pair measures what distillation adds) and
+``joint_multitask`` from a student trained on the sources' task loss alone (PEFT's example). Every
 method gets a fresh classifier head for SEQ_CLS: a target's labels are its own.
 """
 
@@ -14,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import models
+from ..search import MPT_MODELS
 from .distill import SHARED_PROMPT_FILE, SharedPrompt, Teacher
 
 HEAD_FILE = "head.safetensors"
@@ -21,12 +25,13 @@ HEAD_FILE = "head.safetensors"
 
 def build_target_model(method: str, rank: int, model_dir: str, task_type: str, num_virtual_tokens: int,
                        num_labels: int, seed: int, shared: SharedPrompt, teachers: dict[str, Teacher],
-                       workdir: Path) -> torch.nn.Module:
+                       workdir: Path, joint: SharedPrompt | None = None) -> torch.nn.Module:
     """The model ``method`` trains (its forward takes ``task_ids=task_id_of(method)``)."""
     base = models.load_base_model(model_dir, task_type, num_labels, seed)
-    if method == "mpt":
-        # PEFT reads P* from a file (ONLY_SOURCE_SHARED), so the shared prompt is written for it
-        path = shared.save(workdir / SHARED_PROMPT_FILE)
+    if method in MPT_MODELS:
+        start = {"mpt": shared, "joint_multitask": joint}.get(method) or mean_of_teachers(teachers)
+        # PEFT reads P* from a file (ONLY_SOURCE_SHARED), so the starting prompt is written for it
+        path = start.save(workdir / SHARED_PROMPT_FILE)
         return models.multitask_model(base, task_type, num_virtual_tokens, 1, rank, str(path))
     if method == "head_only":
         return models.head_only_model(base)
@@ -36,9 +41,14 @@ def build_target_model(method: str, rank: int, model_dir: str, task_type: str, n
     return models.prompt_tuning_model(base, task_type, num_virtual_tokens, init_prompt=teachers[source].prompt)
 
 
+def mean_of_teachers(teachers: dict[str, Teacher]) -> SharedPrompt:
+    """P* as the distillation starts it (the teachers' mean prompt), with no distillation at all."""
+    return SharedPrompt({"prompt_embeddings": torch.stack([t.prompt for t in teachers.values()]).mean(0)}, {})
+
+
 def task_id_of(method: str) -> int | None:
     """The ``task_ids`` value a trained target model's forward needs: MPT's one task, else none."""
-    return 0 if method == "mpt" else None
+    return 0 if method in MPT_MODELS else None
 
 
 def save_trial_model(model: torch.nn.Module, method: str, out: Path) -> None:

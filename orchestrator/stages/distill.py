@@ -1,5 +1,6 @@
 """Stage 2: the teachers distilled into one MPT student (shared prompt P*, u_k v_k^T per source),
-as a Ray Train job."""
+as a Ray Train job. The same job without teachers (random P*, the sources' task loss alone, as
+PEFT's own MPT example trains) gives the ``joint_multitask`` ablation's student."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from ..method import models
 from ..method.distill import (SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher, distill_step_loss,
                               init_student, label_slices, student_head_tensors, student_tensors,
                               teacher_overrides)
-from ..method.train import autocast, batch_stream, evaluate, fit, to_device
+from ..cache import JOINT
+from ..method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
 from ..tracking import FINGERPRINT_TAG, child_run
 from . import worker
 from .context import PipelineContext
@@ -24,28 +26,31 @@ log = logging.getLogger(__name__)
 
 @in_ray_worker
 def distill_train_loop(config: dict) -> None:
-    """Train the MPT student against the teachers (a Ray Train worker)."""
+    """Train the MPT student against the teachers, or on the task loss alone when there are none
+    (``config["teachers"]`` is None: joint_multitask). A Ray Train worker."""
     ctx: PipelineContext = config["ctx"]
-    teachers: list[Teacher] = config["teachers"]
+    teachers: list[Teacher] | None = config["teachers"]
     spec, stage = ctx.spec, ctx.spec.distill
+    name = "distill" if teachers else "joint_multitask"
     task_type, l = spec.model.task_type, spec.prompt.num_virtual_tokens
-    datas = [ctx.load(t.task) for t in teachers]
+    datas = [ctx.load(t) for t in spec.sources]
     slices = label_slices(datas) if task_type == "SEQ_CLS" else [None] * len(datas)
     train_ctx = ray.train.get_context()
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
     device = ray.train.torch.get_device()
     base = models.load_base_model(ctx.model_dir, task_type, slices[-1].stop if slices[-1] else None, spec.seed)
-    student = models.multitask_model(base, task_type, l, len(teachers), stage.rank)
-    init_student(student, teachers, slices)
+    student = models.multitask_model(base, task_type, l, len(datas), stage.rank)
+    if teachers:
+        init_student(student, teachers, slices)
     model = ray.train.torch.prepare_model(student)
     inner = worker.unwrap(model)
-    overrides = [teacher_overrides(inner, t, sl) for t, sl in zip(teachers, slices)]
+    overrides = [teacher_overrides(inner, t, sl) for t, sl in zip(teachers, slices)] if teachers else None
     encoder = ctx.encoder()
     logger = worker.rank0_logger(config)
     if logger:
         for d in datas:
             logger.log_datasets(spec.task(d.name), d, ("train", "validation"), spec.seed)
-    start, state = worker.resume(model, logger, "distill")
+    start, state = worker.resume(model, logger, name)
     streams = [batch_stream(d.train, stage.batch_size, spec.seed + k + start, rank, world)
                for k, d in enumerate(datas)]
 
@@ -54,9 +59,13 @@ def distill_train_loop(config: dict) -> None:
         batch = to_device(encoder(next(streams[k]), datas[k].label_words, task_id=k,
                                   label_offset=slices[k].start if slices[k] else 0), device)
         with autocast(device):
-            loss, parts = distill_step_loss(model, batch, overrides[k], task_type=task_type, num_virtual_tokens=l,
-                                            label_slice=slices[k], lambda_=stage.lambda_,
-                                            temperature=stage.temperature)
+            if overrides is None:
+                loss = task_loss(model, batch, task_type, slices[k])
+                parts = {"loss_task": loss.item()}
+            else:
+                loss, parts = distill_step_loss(model, batch, overrides[k], task_type=task_type, num_virtual_tokens=l,
+                                                label_slice=slices[k], lambda_=stage.lambda_,
+                                                temperature=stage.temperature)
         if logger:
             for name, value in parts.items():
                 logger.metric(step, name, value)
@@ -73,8 +82,8 @@ def distill_train_loop(config: dict) -> None:
     def on_eval(step: int, metrics: dict[str, float], state: dict) -> None:
         if logger:
             logger.log_metrics(step, metrics)
-            progress(log, "distill", step, stage.steps, metrics)
-        names = [t.task for t in teachers]
+            progress(log, name, step, stage.steps, metrics)
+        names = [d.name for d in datas]
         worker.report_checkpoint(model, step, {**metrics, "step": step}, state,
                                  {SHARED_PROMPT_FILE: student_tensors(inner),
                                   STUDENT_HEADS_FILE: student_head_tensors(inner, names, slices)})
@@ -85,20 +94,25 @@ def distill_train_loop(config: dict) -> None:
         start_step=start, optimizer_state=state)
 
 
-def run_distill(ctx: PipelineContext, teachers: list[Teacher]) -> SharedPrompt:
-    """The distillation end to end: its MLflow run, its Train job, the shared prompt and student heads."""
-    stage = ctx.spec.distill
-    params = {**stage.model_dump(exclude={"resources"}, by_alias=True), "num_tasks": len(teachers),
+def run_distill(ctx: PipelineContext, teachers: list[Teacher] | None) -> SharedPrompt:
+    """The distillation end to end: its MLflow run, its Train job, the shared prompt and student heads.
+    With ``teachers`` None, the joint_multitask student instead (its own run, job and cache key)."""
+    stage, sources = ctx.spec.distill, ctx.spec.sources
+    key, name = ("distill", "distill") if teachers else (JOINT, "joint_multitask")
+    params = {**stage.model_dump(exclude={"resources"}, by_alias=True), "num_tasks": len(sources),
               "num_virtual_tokens": ctx.spec.prompt.num_virtual_tokens, "num_workers": stage.resources.num_workers,
-              "sources": ",".join(t.task for t in teachers)}
-    with child_run(ctx.tracking, "distill", "+".join(t.task for t in teachers), "distill", params,
-                   {FINGERPRINT_TAG: ctx.fingerprints["distill"]}) as run:
-        log.info("[distill] %d teachers -> one shared prompt, %d steps", len(teachers), stage.steps)
+              "sources": ",".join(sources)}
+    if not teachers:
+        params["lambda"] = 0.0  # the task loss only: no teachers to distill from
+    with child_run(ctx.tracking, "distill", "+".join(sources), name, params,
+                   {FINGERPRINT_TAG: ctx.fingerprints[key], "mpt.method": name}) as run:
+        log.info("[%s] %s -> one shared prompt, %d steps", name,
+                 f"{len(sources)} teachers" if teachers else f"{len(sources)} source tasks, no teachers", stage.steps)
         result = worker.fit_trainer(ctx, distill_train_loop, {"ctx": ctx, "teachers": teachers, "run_id": run.run_id},
-                                    stage.resources, "distill", stage.max_failures)
+                                    stage.resources, key, stage.max_failures)
         tensors, heads = worker.checkpoint_tensors(result, SHARED_PROMPT_FILE, STUDENT_HEADS_FILE)
         run.log_tensors(SHARED_PROMPT_FILE, tensors)
         if heads:
             run.log_tensors(STUDENT_HEADS_FILE, heads)
-        log.info("[distill] done: %s", fmt(result.metrics))
+        log.info("[%s] done: %s", name, fmt(result.metrics))
         return SharedPrompt(tensors, heads)

@@ -1,14 +1,19 @@
 """Stage 3: each target adapted from the shared prompt by a Ray Tune sweep, beside its baselines.
 
-MPT trials run under ASHA over the spec's search space; the baselines (``vanilla_pt``,
-``head_only``, ``single_source:<task>``) run as a second, FIFO sweep at the same step budget and lr
-search. Trials train in their own Tune process, one worker each, so that no trial waits on a nested
-trainer's resources. The best trial of each method is then reloaded from its saved files, as a user
-would load it, and scored on validation (it must match the sweep) and, once, on test.
+MPT trials run under ASHA over the spec's search space; the baselines and ablations run as a
+second, FIFO sweep at the same step budget and lr search. Every configuration runs once per seed,
+and each few-shot budget gets its own pair of sweeps (ASHA must not compare a 4-shot trial with a
+full one). Trials train in their own Tune process, one worker each, so that no trial waits on a
+nested trainer's resources. Each method's configuration is chosen on validation averaged over
+seeds; its trial at every seed is then reloaded from its saved files, as a user would load it, and
+scored on validation (it must match the sweep) and, once, on test, keeping the test predictions
+for the paired comparison.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import tempfile
@@ -27,8 +32,10 @@ from .. import registry, report
 from ..logs import in_ray_worker, progress
 from ..method import models
 from ..method.distill import SharedPrompt, Teacher
+from ..data import few_shot
+from ..method.metrics import compute_metric
 from ..method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
-from ..method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
+from ..method.train import autocast, batch_stream, evaluate, fit, predict, task_loss, to_device
 from ..spec import SearchSpace
 from ..tracking import (FINGERPRINT_TAG, PIPELINE_TAG, STOPPED_TAG, RunLogger, TrackingContext, child_run,
                         root_cause)
@@ -36,35 +43,41 @@ from .context import PipelineContext
 
 log = logging.getLogger(__name__)
 
+CONFIG_TAG = "mpt.config"  # what a configuration's trials share across seeds
+PREDICTIONS = "predictions/test.json"  # a chosen trial's test predictions, for paired comparisons
+
 
 @in_ray_worker
-def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPrompt,
+def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPrompt, joint: SharedPrompt | None,
                  teachers: dict[str, Teacher], sweep: str) -> None:
-    """One Tune trial: train one target from its start (MPT or a baseline) and report eval metric."""
+    """One Tune trial: train one target from its start (MPT, a baseline or an ablation) at one seed
+    and training-set budget, and report the eval metric."""
     spec, stage = ctx.spec, ctx.spec.target
     config = SearchSpace.trial_settings(config)
-    method = config["method"]
+    method, seed, shots = config["method"], int(config["seed"]), config["shots"]
     data = ctx.load(task)
+    data = dataclasses.replace(data, train=few_shot(data, shots, seed))
     device = torch.device("cuda" if torch.cuda.is_available() and stage.resources.use_gpu else "cpu")
     params = {"method": method, "rank": config.get("rank", ""), "lr": config.get("lr", ""),
               "head_lr": config["head_lr"], "batch_size": config["batch_size"],
-              "weight_decay": config["weight_decay"], "steps": stage.steps,
+              "weight_decay": config["weight_decay"], "steps": stage.steps, "seed": seed, "shots": shots,
               "num_virtual_tokens": spec.prompt.num_virtual_tokens, "task": task}
     trial_id = tune.get_context().get_trial_id()
     task_id = task_id_of(method)
     with child_run(ctx.tracking, "target", task, f"target-{task}-{method}-{trial_id}", params,
                    {"mpt.sweep": sweep, "mpt.trial_id": trial_id, "mpt.method": method,
+                    CONFIG_TAG: SearchSpace.configuration(config),
                     FINGERPRINT_TAG: ctx.fingerprints[f"target:{task}"]}) as run, \
             tempfile.TemporaryDirectory() as workdir:
         model = build_target_model(method, int(config.get("rank", 1)), ctx.model_dir, spec.model.task_type,
-                                   spec.prompt.num_virtual_tokens, data.num_labels, spec.seed, shared, teachers,
-                                   Path(workdir))
+                                   spec.prompt.num_virtual_tokens, data.num_labels, seed, shared, teachers,
+                                   Path(workdir), joint)
         model.to(device)
         trainable = models.count_trainable(model)
         run.log_params({"trainable_params": trainable})
-        run.log_datasets(spec.task(task), data, ("train", "validation"), spec.seed)
+        run.log_datasets(spec.task(task), data, ("train", "validation"), seed)
         encoder = ctx.encoder()
-        stream = batch_stream(data.train, int(config["batch_size"]), spec.seed)
+        stream = batch_stream(data.train, int(config["batch_size"]), seed)
 
         def loss_fn(step: int) -> torch.Tensor:
             batch = to_device(encoder(next(stream), data.label_words, task_id), device)
@@ -139,11 +152,11 @@ def sweep_trainable(fn, name: str, resources: PlacementGroupFactory, **params):
     return trainable
 
 
-def _sweep(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: dict[str, Teacher], space: dict,
-           name: str, scheduler) -> tune.ResultGrid:
+def _sweep(ctx: PipelineContext, task: str, starts: dict, space: dict, name: str, scheduler) -> tune.ResultGrid:
+    """One Tune sweep; ``starts`` are the prompts trials start from (shared, joint, teachers)."""
     stage = ctx.spec.target
     trainable = sweep_trainable(target_trial, name, PlacementGroupFactory([stage.resources.bundle()]),
-                                ctx=ctx, task=task, shared=shared, teachers=teachers, sweep=name)
+                                ctx=ctx, task=task, sweep=name, **starts)
     path = _join(ctx.storage, name)
     if tune.Tuner.can_restore(path):
         # An interrupted sweep of the same fingerprint: finished trials are kept, the rest run again.
@@ -180,8 +193,10 @@ def _rows(ctx: PipelineContext, task: str, grid: tune.ResultGrid) -> list[dict]:
         cfg, m = SearchSpace.trial_settings(result.config or {}), result.metrics or {}
         step = m.get("step", 0)
         status = "failed" if result.error else ("early_stopped" if step < stage.steps else "completed")
-        rows.append({"task": task, "method": cfg.get("method"), "rank": cfg.get("rank") if cfg.get("method") == "mpt" else None,
+        rows.append({"task": task, "method": cfg.get("method"), "rank": cfg.get("rank") if "rank" in
+                     SearchSpace.method_keys(cfg.get("method", "")) else None,
                      "lr": cfg.get("lr"), "head_lr": cfg.get("head_lr"), "batch_size": cfg.get("batch_size"),
+                     "seed": cfg.get("seed"), "shots": cfg.get("shots"), "config": SearchSpace.configuration(cfg),
                      "metric": metric, "value": m.get(metric), "steps": step, "trainable_params": m.get("trainable_params"),
                      "status": status, "error": str(result.error).splitlines()[0][:300] if result.error else "",
                      "mlflow_run_id": m.get("mlflow_run_id"),
@@ -189,37 +204,41 @@ def _rows(ctx: PipelineContext, task: str, grid: tune.ResultGrid) -> list[dict]:
     return rows
 
 
-def run_sweeps(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: list[Teacher]) -> list[dict]:
-    """Tune sweep(s) for one target: MPT over the search space with ASHA, then the baselines (FIFO,
-    same step budget, same lr search). Returns one row per trial."""
-    stage = ctx.spec.target
-    by_name = {t.task: t for t in teachers}
+def run_sweeps(ctx: PipelineContext, task: str, starts: dict) -> list[dict]:
+    """Tune sweeps for one target, per training-set budget: MPT over the search space with ASHA, then
+    the baselines (FIFO, same step budget, same lr search), every configuration at every seed.
+    Returns one row per trial."""
+    stage, seeds = ctx.spec.target, ctx.spec.seed_list()
     sched = stage.scheduler
     n_evals = math.ceil(stage.steps / stage.eval_every)
-    asha = (ASHAScheduler(time_attr="training_iteration", max_t=n_evals, grace_period=min(sched.grace_period, n_evals),
-                          reduction_factor=sched.reduction_factor)
-            if sched.type == "asha" else FIFOScheduler())
-    log.info("[target:%s] sweep over %s (%s), %d steps per trial", task, sorted(stage.search_space.root),
-             sched.type, stage.steps)
-    name = ctx.job_name(f"target:{task}")
-    rows = _rows(ctx, task, _sweep(ctx, task, shared, by_name, stage.search_space.tune_space(["mpt"], stage.defaults()),
-                                   name, asha))
-    baselines = stage.baseline_methods(list(by_name))
-    if baselines:
-        log.info("[target:%s] baselines %s", task, stage.baselines)
-        space = stage.search_space.tune_space(baselines, stage.defaults())
-        rows += _rows(ctx, task, _sweep(ctx, task, shared, by_name, space, f"{name}-baselines", FIFOScheduler()))
+    baselines = stage.baseline_methods(list(starts["teachers"]))
+    rows = []
+    for shots in stage.budgets():
+        asha = (ASHAScheduler(time_attr="training_iteration", max_t=n_evals,
+                              grace_period=min(sched.grace_period, n_evals), reduction_factor=sched.reduction_factor)
+                if sched.type == "asha" else FIFOScheduler())
+        budget = "" if shots == "full" else f", {shots} shots per class"
+        log.info("[target:%s] sweep over %s (%s), %d steps per trial, seeds %s%s", task,
+                 sorted(stage.search_space.root), sched.type, stage.steps, seeds, budget)
+        name = ctx.job_name(f"target:{task}") + ("" if shots == "full" else f"-{shots}shot")
+        space = stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots)
+        rows += _rows(ctx, task, _sweep(ctx, task, starts, space, name, asha))
+        if baselines:
+            log.info("[target:%s] baselines %s%s", task, stage.baselines, budget)
+            space = stage.search_space.tune_space(baselines, stage.defaults(), seeds, shots)
+            rows += _rows(ctx, task, _sweep(ctx, task, starts, space, f"{name}-baselines", FIFOScheduler()))
     return rows
 
 
 @ray.remote
 @in_ray_worker
 def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune.Checkpoint,
-                  run_id: str) -> dict[str, float | str]:
-    """Reload a sweep's best trial from its saved files and score validation (it must match the sweep) and test;
-    then, as the spec's ``registry`` asks, register it as an MLflow model (``registered_model`` in the result).
+                  run_id: str, register: bool) -> dict[str, float | str]:
+    """Reload a chosen trial from its saved files and score validation (it must match the sweep) and
+    test, keeping its test predictions on its run (``PREDICTIONS``); then, when ``register`` and as
+    the spec's ``registry`` asks, register it as an MLflow model (``registered_model`` in the result).
 
-    Test is scored here only, for the trial already chosen on validation: never tune on test.
+    Test is scored here only, for trials already chosen on validation: never tune on test.
     """
     spec = ctx.spec
     data = ctx.load(task)
@@ -227,25 +246,36 @@ def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune
     encoder = ctx.encoder()
     with checkpoint.as_directory() as checkpoint_dir:
         model = load_trial_model(method, ctx.model_dir, spec.model.task_type, data.num_labels, spec.seed, checkpoint_dir)
+        labels = [ex.label for ex in data.test]
+        predictions = predict(model, data.test, encoder, data.label_words, task_id)
         metrics: dict[str, float | str] = {**evaluate(model, data, "validation", encoder, task_id),
-                                           **evaluate(model, data, "test", encoder, task_id)}
+                                           f"test_{data.metric}": compute_metric(data.metric, predictions, labels)}
         logger = RunLogger(ctx.tracking.uri, run_id)
         logger.log_metrics(spec.target.steps, {k: v for k, v in metrics.items() if k.startswith("test_")})
         logger.log_datasets(spec.task(task), data, ("test",), spec.seed)
         logger.set_tags({"mpt.best": "true"})
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / Path(PREDICTIONS).name
+            file.write_text(json.dumps({"metric": data.metric, "labels": labels, "predictions": predictions}))
+            logger.log_artifact(file, str(Path(PREDICTIONS).parent))
         logger.log_artifact(checkpoint_dir, "best_adapter" if method == "mpt" else f"best_{report.family(method)}")
-        if registry.should_register(spec.registry, method):
+        if register and registry.should_register(spec.registry, method):
             metrics["registered_model"] = registry.register_best(ctx, task, method, data, checkpoint_dir, run_id,
                                                                  metrics)
     return metrics
 
 
-def run_target(ctx: PipelineContext, task: str, shared: SharedPrompt, teachers: list[Teacher]) -> list[dict]:
-    """One target end to end: its sweeps, then each method's best trial reloaded and scored (in
-    parallel, one Ray task each); returns one row per trial, the chosen ones with their test value."""
-    rows = run_sweeps(ctx, task, shared, teachers)
+def run_target(ctx: PipelineContext, task: str, shared: SharedPrompt, joint: SharedPrompt | None,
+               teachers: list[Teacher]) -> list[dict]:
+    """One target end to end: its sweeps, then each method's chosen configuration reloaded and scored
+    at every seed (in parallel, one Ray task each); returns one row per trial, the chosen ones with
+    their test value. The registry gets one model per method: the first seed's, at the last budget."""
+    rows = run_sweeps(ctx, task, {"shared": shared, "joint": joint, "teachers": {t.task: t for t in teachers}})
     bests = report.select_best(rows)
-    cpus = ctx.spec.target.resources.cpus_per_worker
-    evaluations = ray.get([evaluate_best.options(num_cpus=cpus).remote(ctx, task, b["method"], b["checkpoint"],
-                                                                       b["mlflow_run_id"]) for b in bests])
+    spec = ctx.spec
+    registered = (spec.seed_list()[0], str(spec.target.budgets()[-1]))
+    cpus = spec.target.resources.cpus_per_worker
+    evaluations = ray.get([evaluate_best.options(num_cpus=cpus).remote(
+        ctx, task, b["method"], b["checkpoint"], b["mlflow_run_id"], (b["seed"], str(b["shots"])) == registered)
+        for b in bests])
     return report.attach_test(rows, bests, evaluations)

@@ -388,7 +388,9 @@ def start_model_server(model_uri: str, tracking_uri: str, tmp_dir: str | os.Path
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
-    env = {**os.environ, **NO_PHONE_HOME, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
+    # mlflow execs `uvicorn` by name: the interpreter's own bin dir first, activated or not
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, **NO_PHONE_HOME, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1", "PATH": path}
     log_path = root / "model-server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

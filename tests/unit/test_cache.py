@@ -25,11 +25,26 @@ def test_a_target_search_space_change_touches_only_that_target():
 
 
 def test_a_source_task_change_touches_that_source_the_distillation_and_every_target():
-    assert changed("tasks.0.max_train_examples=150") == {"source:sentiment", "distill", "target:review_polarity"}
+    assert changed("tasks.0.max_train_examples=150") == {"source:sentiment", "distill", "distill:joint",
+                                                         "target:review_polarity"}
+
+
+def test_seeds_and_budgets_touch_only_the_targets():
+    """Sources and the distillation train at the first seed: more seeds reuse them."""
+    assert changed("seeds=[0, 1]") == {"target:review_polarity"}
+    assert changed("target.shots=[4]") == {"target:review_polarity"}
+
+
+def test_the_joint_student_ignores_teacher_settings_and_targets_depend_on_it_only_when_asked():
+    assert changed("source.lr=0.1") == {"source:sentiment", "source:nli", "distill", "target:review_polarity"}
+    assert "distill:joint" not in changed("distill.temperature=3.0", "distill.lambda=0.5")
+    assert "distill:joint" in changed("distill.steps=20")
+    assert changed("target.baselines=[joint_multitask]") == {"target:review_polarity"}
 
 
 def test_distill_settings_touch_distill_and_targets_only():
     assert changed("distill.temperature=3.0") == {"distill", "target:review_polarity"}
+    assert changed("distill.steps=20") == {"distill", "distill:joint", "target:review_polarity"}
 
 
 def test_cpu_and_gpu_requests_do_not_change_results_but_worker_count_does():

@@ -52,21 +52,25 @@ def announced(spec: PipelineSpec) -> tuple[int, int, int]:
 
 
 def what_tune_runs(spec: PipelineSpec, storage: Path) -> tuple[list[dict], list[dict]]:
-    """The MPT sweep's and the baselines sweep's trials, from the spaces the target stage builds."""
-    stage = spec.target
-    mpt = tune_trials(stage.search_space.tune_space(["mpt"], stage.defaults()), stage.num_samples, storage)
+    """The MPT sweeps' and the baselines sweeps' trials over every budget, from the spaces the target
+    stage builds."""
+    stage, seeds = spec.target, spec.seed_list()
     methods = stage.baseline_methods(spec.sources)
-    baselines = tune_trials(stage.search_space.tune_space(methods, stage.defaults()), stage.num_samples,
-                            storage) if methods else []
+    mpt, baselines = [], []
+    for shots in stage.budgets():
+        mpt += tune_trials(stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots), stage.num_samples,
+                           storage)
+        baselines += tune_trials(stage.search_space.tune_space(methods, stage.defaults(), seeds, shots),
+                                 stage.num_samples, storage) if methods else []
     return mpt, baselines
 
 
 def check_plan_matches_tune(spec: PipelineSpec, storage: Path) -> tuple[int, int]:
     mpt, baselines = what_tune_runs(spec, storage)
-    stage = spec.target
+    stage, seeds, budgets = spec.target, len(spec.seed_list()), len(spec.target.budgets())
     methods = stage.baseline_methods(spec.sources)
-    assert stage.search_space.trial_count(["mpt"], stage.num_samples) == len(mpt)
-    assert stage.search_space.trial_count(methods, stage.num_samples) == len(baselines)
+    assert stage.search_space.trial_count(["mpt"], stage.num_samples, seeds) * budgets == len(mpt)
+    assert stage.search_space.trial_count(methods, stage.num_samples, seeds) * budgets == len(baselines)
     assert announced(spec) == (len(spec.targets), len(mpt), len(baselines))
     assert {t["method"] for t in mpt} == {"mpt"}
     assert {t["method"] for t in baselines} == set(methods)
@@ -109,3 +113,15 @@ def test_plan_matches_tune_for_other_spaces_and_baselines(space, num_samples, ba
     spec = load_spec(SMOKE, [f"target.search_space={space}", f"target.baselines=[{', '.join(baselines)}]",
                              f"target.num_samples={num_samples}"])
     check_plan_matches_tune(spec, tmp_path)
+
+
+def test_every_configuration_runs_at_every_seed_and_budget(tmp_path):
+    """Seeds and budgets multiply the trials; the ablations search rank like MPT, since they train its model."""
+    spec = load_spec(SMOKE, ["seeds=[0, 1, 2]", "target.shots=[4, 8]",
+                             "target.search_space={rank: {grid: [1, 2]}, lr: {grid: [0.1, 0.3]}}",
+                             "target.baselines=[no_distill, joint_multitask, head_only]"])
+    assert check_plan_matches_tune(spec, tmp_path) == (4 * 3 * 2, (4 + 4 + 1) * 3 * 2)
+    mpt, baselines = what_tune_runs(spec, tmp_path)
+    assert Counter((t["seed"], t["shots"]) for t in mpt) == {(s, b): 4 for s in (0, 1, 2) for b in (4, 8)}
+    assert {t["rank"] for t in baselines if t["method"] == "no_distill"} == {1, 2}
+    assert "every configuration at 3 seed(s) [0, 1, 2]" in "\n".join(plan_lines(spec))

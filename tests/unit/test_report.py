@@ -14,7 +14,7 @@ def row(method: str, value: float | None, *, task: str = "review_polarity", stat
     return {"task": task, "method": method, "rank": 1 if method == "mpt" else None, "lr": 0.1, "head_lr": 0.01,
             "batch_size": 8, "metric": "eval_accuracy", "value": value, "steps": 10, "trainable_params": 100,
             "status": status, "error": "", "mlflow_run_id": f"run-{method}-{value}", "checkpoint": checkpoint,
-            **extra}
+            "seed": 0, "shots": "full", "config": f"{method}:{value}", **extra}
 
 
 @pytest.mark.parametrize("method, fam", [("mpt", "mpt"), ("head_only", "head_only"), ("vanilla_pt", "vanilla_pt"),
@@ -31,6 +31,17 @@ def test_select_best_is_the_best_validation_value_per_family():
     best = select_best(rows)
     assert {b["method"]: b["value"] for b in best} == {"mpt": 0.8, "single_source:nli": 0.65, "head_only": 0.55}
     assert all(any(b is r for r in rows) for b in best)  # the rows themselves, not copies
+
+
+def test_select_best_chooses_a_configuration_on_its_mean_over_seeds_and_returns_every_seed():
+    """The lucky seed of a worse configuration does not win; each budget gets its own choice."""
+    steady = [row("mpt", v, seed=s, config="rank=1") for s, v in ((0, 0.70), (1, 0.71), (2, 0.69))]
+    lucky = [row("mpt", v, seed=s, config="rank=2") for s, v in ((0, 0.90), (1, 0.50), (2, 0.55))]
+    few = [row("mpt", v, seed=s, config="rank=2", shots=4) for s, v in ((0, 0.6), (1, 0.6), (2, 0.6))]
+    best = select_best(steady + lucky + few)
+    assert sorted((b["shots"], b["config"], b["seed"]) for b in best if b["shots"] == "full") == \
+        [("full", "rank=1", 0), ("full", "rank=1", 1), ("full", "rank=1", 2)]
+    assert sorted(b["seed"] for b in best if b["shots"] == 4) == [0, 1, 2]
 
 
 def test_select_best_skips_failed_trials_and_those_without_a_checkpoint_or_a_value():
@@ -88,7 +99,9 @@ def test_summary_is_one_row_per_task_and_family_best_first():
     rows.append(attach_test([row("single_source:nli", 0.75)], [], [])[0])  # not chosen: not in the summary
     table = results_table(rows)
     best = summary(table)
-    assert list(best.columns) == ["task", "method", "metric", "value", "test_value", "trainable_params", "rank", "lr"]
+    assert list(best.columns) == ["task", "shots", "method", "metric", "seeds", "value", "test_value",
+                                  "trainable_params", "rank", "lr"]
+    assert set(best["seeds"]) == {1}
     assert list(zip(best["task"], best["method"], best["value"])) == [
         ("a_task", "mpt", 0.9), ("a_task", "head_only", 0.5),
         ("review_polarity", "mpt", 0.8), ("review_polarity", "vanilla_pt", 0.7)]

@@ -17,13 +17,13 @@ def trials(space: dict) -> list[dict]:
 
 
 def mpt_space(stage: TargetStage) -> dict:
-    return stage.search_space.tune_space(["mpt"], stage.defaults())
+    return stage.search_space.tune_space(["mpt"], stage.defaults(), [0], "full")
 
 
 def baselines_space(stage: TargetStage, sources: list[str]) -> dict | None:
     """The baselines sweep's space, or None when there is no baselines sweep (as the target stage does)."""
     methods = stage.baseline_methods(sources)
-    return stage.search_space.tune_space(methods, stage.defaults()) if methods else None
+    return stage.search_space.tune_space(methods, stage.defaults(), [0], "full") if methods else None
 
 
 def test_mpt_grid_is_the_cross_product_of_rank_and_lr():

@@ -200,3 +200,32 @@ def test_any_spec_or_override_gives_a_spec_or_our_error(changes, overrides):
         parse_spec(apply_overrides(raw, [f"{p}={v}" for p, v in overrides]))
     except SpecError as err:
         assert err.issues and all(i.field and i.message for i in err.issues)
+
+
+def test_seed_means_one_seed_and_seeds_lead_with_their_first():
+    assert parse_spec(with_(seed=7)).seed_list() == [7]
+    spec = parse_spec(with_(seed=7, seeds=[3, 4, 5]))
+    assert spec.seed_list() == [3, 4, 5] and spec.seed == 3  # data, sources and distillation use the first
+
+
+def test_seeds_from_the_command_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    assert load_spec(path, ["seeds=[0, 1]"]).seed_list() == [0, 1]
+
+
+@pytest.mark.parametrize("seeds, needle", [([], "is empty"), ([1, 1], "lists a seed twice"), (["a"], "int")])
+def test_bad_seeds_are_named(seeds, needle):
+    (issue,) = [i for i in errors_of(with_(seeds=seeds)) if i.field.startswith("seeds")]
+    assert needle in str(issue)
+
+
+@pytest.mark.parametrize("shots, needle", [([], "is empty"), ([0], "> 0"), ([4, 4], "twice"), (["all"], "full")])
+def test_bad_budgets_are_named(shots, needle):
+    issues = errors_of(with_(target__shots=shots))
+    assert all(i.field.startswith("target.shots") for i in issues) and needle in " ".join(map(str, issues))
+
+
+def test_ablations_are_baselines():
+    spec = parse_spec(with_(target__baselines=["no_distill", "joint_multitask", "single_source"]))
+    assert spec.target.baseline_methods(["sentiment"]) == ["no_distill", "joint_multitask", "single_source:sentiment"]

@@ -31,8 +31,31 @@ def build(method: str, bert_dir: str, tmp_path, rank: int = 2, num_labels: int =
 
 
 def test_task_ids():
-    assert task_id_of("mpt") == 0
+    assert task_id_of("mpt") == task_id_of("no_distill") == task_id_of("joint_multitask") == 0
     assert [task_id_of(m) for m in METHODS[1:]] == [None, None, None]
+
+
+def test_no_distill_starts_exactly_at_the_mean_of_the_teachers(bert_dir, tmp_path):
+    shared, teachers = start()
+    teachers["nli"] = Teacher("nli", torch.randn(L, D), torch.randn(3, D), torch.randn(3))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    model = build_target_model("no_distill", 2, bert_dir, "SEQ_CLS", L, 2, 0, shared, teachers, workdir)
+    prompt = model.prompt_encoder[models.ADAPTER](torch.arange(L)[None], torch.tensor([task_id_of("no_distill")]))
+    mean = (teachers["sentiment"].prompt + teachers["nli"].prompt) / 2
+    assert torch.allclose(prompt[0], mean, atol=1e-6)  # u v^T = 1: the start is the mean itself
+    assert not torch.allclose(prompt[0], shared.tensors["prompt_embeddings"])
+    assert models.count_trainable(model) == models.count_trainable(build("mpt", bert_dir, tmp_path))
+
+
+def test_joint_multitask_starts_at_the_joint_student(bert_dir, tmp_path):
+    shared, teachers = start()
+    joint = SharedPrompt({"prompt_embeddings": torch.randn(L, D)}, {})
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    model = build_target_model("joint_multitask", 1, bert_dir, "SEQ_CLS", L, 2, 0, shared, teachers, workdir, joint)
+    prompt = model.prompt_encoder[models.ADAPTER](torch.arange(L)[None], torch.tensor([0]))
+    assert torch.allclose(prompt[0], joint.tensors["prompt_embeddings"], atol=1e-6)
 
 
 @pytest.mark.parametrize("rank", [1, 2])
