@@ -1,8 +1,10 @@
-"""The verbs: ``run``, ``validate``, ``plan``, ``predict``.
+"""The verbs: ``run``, ``validate``, ``plan``, ``predict``, ``report``.
 
 ``run`` checks everything it can before any compute (spec, model path, task data, tracking store),
 then executes the Ray graph and prints the results table and the command that opens the MLflow UI.
 ``predict`` runs a registered model over files as a Ray Data job (``predict.py``).
+``report`` reads finished pipeline runs back from MLflow and says which differences are more than
+noise (``analysis.py``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each replica reserves (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each replica reserves (default 0)")
     p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns (classification only)")
+    p = verbs.add_parser("report", help="per-method intervals over seeds and MPT's paired differences, from MLflow")
+    p.add_argument("experiment", metavar="EXPERIMENT", help="MLflow experiment (tracking.experiment, default the spec name)")
+    p.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID",
+                   help="parent (pipeline) run ids to report and compare; default: the latest finished one")
+    p.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db, as `run` uses)")
+    p.add_argument("--out", help="output directory (default: ./report-<EXPERIMENT>)")
     return parser
 
 
@@ -306,11 +314,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import analysis, runs
+    from .spec import local_tracking_uri
+
+    uri = args.tracking_uri or local_tracking_uri()
+    out = Path(args.out or f"report-{args.experiment}")
+    if out.exists() and not out.is_dir():
+        raise SpecError([SpecIssue(field="--out", value=str(out), message="is a file, not a directory",
+                                   fix="pass a directory to write the report into")], "report")
+    client, experiment_id, parent_run_ids = runs.select_parent_runs(uri, args.experiment, args.runs)
+    report = analysis.build_report(client, experiment_id, parent_run_ids, out)
+    log.info("%s\n\nReport of %d pipeline run(s) from %s in %s/:\n  %s", analysis.format_verdicts(report),
+             len(parent_run_ids), redact(uri), out, "\n  ".join(sorted(f.name for f in report.files)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging()
     try:
-        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "predict": cmd_predict}[args.verb](args)
+        verbs = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "predict": cmd_predict, "report": cmd_report}
+        return verbs[args.verb](args)
     except SpecError as err:
         log.error("error: %s", err)
         return EXIT_BAD_INPUT

@@ -23,7 +23,7 @@ import pandas as pd
 from .logs import in_ray_worker
 from .redaction import redact
 from .serving import PREDICTION, ModelCard, card_of_metadata, download, model_source
-from .spec import SpecError, SpecIssue
+from .spec import SpecError, SpecIssue, absent_local_store, local_tracking_uri
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 PROGRESS_EVERY_S = 10.0
@@ -50,7 +50,7 @@ class PredictJob:
 
 def default_tracking_uri() -> str:
     """What ``run`` used by default: ``MLFLOW_TRACKING_URI``, else mlflow.db in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + str((Path.cwd() / "mlflow.db").resolve())
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri()
 
 
 def _model_issue(model_uri: str, message: str, fix: str) -> SpecIssue:
@@ -64,11 +64,9 @@ def resolve_model(model_uri: str, tracking_uri: str) -> tuple[str, ModelCard | N
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        return model_uri, None, [SpecIssue(field="--tracking-uri", value=redact(tracking_uri),
-                                           message="no MLflow store there",
-                                           fix="pass the store the pipeline ran with, e.g. --tracking-uri "
-                                               "sqlite:////abs/path/mlflow.db or http://HOST:5000")]
+    absent = absent_local_store(tracking_uri)
+    if absent:
+        return model_uri, None, [absent]
     uri = model_uri
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     name = model_uri.removeprefix("models:/").split("@")[0].split("/")[0] if model_uri.startswith("models:/") else ""

@@ -204,6 +204,21 @@ class TargetStage(TrainSpec):
         return methods
 
 
+def local_tracking_uri(base: Path | None = None) -> str:
+    """The store a spec without ``tracking.uri`` uses: mlflow.db in ``base`` (default: the working dir)."""
+    return "sqlite:///" + str(((base or Path.cwd()) / "mlflow.db").resolve())
+
+
+def absent_local_store(tracking_uri: str) -> SpecIssue | None:
+    """The issue of a SQLite store that does not exist: opening it would create an empty one, so a
+    verb that reads runs checks this first."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return SpecIssue(field="--tracking-uri", value=redact(tracking_uri), message="no MLflow store there",
+                         fix="pass the store the pipeline ran with, e.g. --tracking-uri "
+                             "sqlite:////abs/path/mlflow.db or http://HOST:5000")
+    return None
+
+
 class Tracking(Strict):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default: sqlite file mlflow.db in the working dir (absolute)."
@@ -312,9 +327,7 @@ class PipelineSpec(Strict):
         return next(t for t in self.tasks if t.name == name)
 
     def tracking_uri(self, base: Path | None = None) -> str:
-        if self.tracking.uri:
-            return self.tracking.uri
-        return "sqlite:///" + str(((base or Path.cwd()) / "mlflow.db").resolve())
+        return self.tracking.uri or local_tracking_uri(base)
 
     def public_dump(self) -> dict[str, Any]:
         """The spec as it may be logged: no ``tracking`` section, and no credentials in the storage

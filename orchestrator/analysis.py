@@ -1,0 +1,188 @@
+"""The report of finished pipeline runs, read from MLflow alone: how each method scores over seeds,
+and whether MPT's difference from each other method is larger than the test set's noise.
+
+What it reads is the contract of docs/design.md: parent runs (the spec as params), target trial
+runs (tags ``mpt.method``, ``mpt.best``; params ``seed``, ``shots``, the config; ``eval_<metric>``
+and ``train_loss`` histories) and the chosen trials' ``predictions/test.json``. ``build_report`` is
+what both the ``report`` verb and the end of ``run`` call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from mlflow.entities import Metric, Run
+from mlflow.tracking import MlflowClient
+
+from . import plots, stats
+from .report import family
+from .runs import search_all
+from .tracking import PARENT_TAG, PIPELINE_TAG, STAGE_TAG, STOPPED_TAG, TASK_TAG
+
+BASELINE = "mpt"  # the method every other one is compared against
+RESULT_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "mean", "sd", "low", "high", "rank",
+                  "lr", "head_lr", "trainable_params", "steps_trained", "wall_time_s"]
+COMPARISON_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "diff", "low", "high", "verdict"]
+
+
+@dataclass
+class Report:
+    runs: pd.DataFrame  # one row per parent run: id, run tag, wall time, the spec values that differ
+    results: pd.DataFrame  # one row per (pipeline run, task, shots, method): the chosen config over seeds
+    comparison: pd.DataFrame  # MPT minus each other method: paired difference, interval, verdict
+    out_dir: Path
+    files: list[Path]
+    client: MlflowClient = field(repr=False)
+
+
+def _trials(client: MlflowClient, parent: Run) -> pd.DataFrame:
+    query = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' AND tags.`{STAGE_TAG}` = 'target'"
+    rows = []
+    for run in search_all(client, parent.info.experiment_id, query):
+        p, tags = run.data.params, run.data.tags
+        complete = run.info.status == "FINISHED" and tags.get(STOPPED_TAG) != "true"
+        # only a trial that stopped short needs its history read to know how far it trained
+        steps = int(p["steps"]) if complete else max(
+            (m.step for m in client.get_metric_history(run.info.run_id, "train_loss")), default=0)
+        rows.append({"run_id": run.info.run_id, "task": tags[TASK_TAG], "method": tags["mpt.method"],
+                     "seed": int(p["seed"]), "shots": p.get("shots", "full"), "rank": p.get("rank", ""),
+                     "lr": p.get("lr"), "head_lr": p.get("head_lr"), "budget": int(p["steps"]),
+                     "trainable_params": p.get("trainable_params"), "steps_trained": steps,
+                     "wall_time_s": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
+                     "best": tags.get("mpt.best") == "true",
+                     "test": {k.removeprefix("test_"): v for k, v in run.data.metrics.items() if k.startswith("test_")}})
+    trials = pd.DataFrame(rows)
+    trials["family"] = trials["method"].map(family)
+    return trials
+
+
+def _predictions(client: MlflowClient, run_id: str, tmp: Path) -> dict:
+    path = client.download_artifacts(run_id, "predictions/test.json", str(tmp / run_id))
+    return json.loads(Path(path).read_text())
+
+
+def _summarise(client: MlflowClient, tag: str, trials: pd.DataFrame, tmp: Path):
+    """Per chosen config: the results row, its seeds' predictions, and its validation curve."""
+    rows, predictions, curves = [], {}, []
+    for (task, shots, method), chosen in trials[trials["best"]].groupby(["task", "shots", "method"]):
+        chosen = chosen.sort_values("seed")
+        metric, _ = next(iter(chosen["test"].iloc[0].items()))
+        spread = stats.interval([t[metric] for t in chosen["test"]])
+        first = chosen.iloc[0]
+        rows.append({"pipeline_run": tag, "task": task, "shots": shots, "method": method, "metric": metric,
+                     "n_seeds": len(chosen), "mean": spread.mean, "sd": spread.sd, "low": spread.low,
+                     "high": spread.high, "rank": first["rank"], "lr": first["lr"], "head_lr": first["head_lr"],
+                     "trainable_params": first["trainable_params"], "steps_trained": int(chosen["steps_trained"].sum()),
+                     "wall_time_s": float(chosen["wall_time_s"].sum())})
+        predictions[(task, shots, method)] = {s: _predictions(client, r, tmp) for s, r in zip(chosen["seed"], chosen["run_id"])}
+        history = pd.DataFrame([(m.step, m.value) for r in chosen["run_id"]
+                                for m in client.get_metric_history(r, f"eval_{metric}")], columns=["step", "value"])
+        curve = history.groupby("step", as_index=False)["value"].mean()
+        curves.append(curve.assign(pipeline_run=tag, task=task, shots=shots, method=method, metric=metric))
+    return rows, predictions, curves
+
+
+def _compare(tag: str, results: list[dict], predictions: dict) -> list[dict]:
+    rows = []
+    for mpt in (r for r in results if r["method"] == BASELINE):
+        for other in (r for r in results if (r["task"], r["shots"]) == (mpt["task"], mpt["shots"])
+                      and family(r["method"]) != BASELINE):
+            a, b = (predictions[(r["task"], r["shots"], r["method"])] for r in (mpt, other))
+            seeds = sorted(set(a) & set(b))  # paired by seed: a seed only one method ran has no partner
+            diff = stats.paired_bootstrap(a[seeds[0]]["labels"], [a[s]["predictions"] for s in seeds],
+                                          [b[s]["predictions"] for s in seeds], mpt["metric"])
+            rows.append({"pipeline_run": tag, "task": mpt["task"], "shots": mpt["shots"], "method": other["method"],
+                         "metric": mpt["metric"], "n_seeds": len(seeds), "diff": diff.observed, "low": diff.low,
+                         "high": diff.high, "verdict": stats.verdict(diff.low, diff.high)})
+    return rows
+
+
+def _runs_table(parents: list[Run]) -> pd.DataFrame:
+    params = [p.data.params for p in parents]
+    differing = sorted(k for k in set().union(*params) if len({ps.get(k) for ps in params}) > 1)
+    return pd.DataFrame([{"parent_run_id": p.info.run_id, "pipeline_run": p.data.tags[PIPELINE_TAG],
+                          "wall_time_s": p.data.metrics.get("wall_time_s"),
+                          "differences": ", ".join(f"{k}={ps.get(k, '(unset)')}" for k in differing)}
+                         for p, ps in zip(parents, params)])
+
+
+def build_report(client: MlflowClient, experiment_id: str, parent_run_ids: list[str], out_dir: Path) -> Report:
+    """Read the parent runs' target trials, write summary.md, results.csv, comparison.csv and the
+    plots into ``out_dir``, and return the tables."""
+    parents = [client.get_run(r) for r in parent_run_ids]
+    results, comparison, curves, budgets = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for parent in parents:
+            tag = parent.data.tags[PIPELINE_TAG]
+            trials = _trials(client, parent)
+            rows, predictions, run_curves = _summarise(client, tag, trials, Path(tmp))
+            results += rows
+            comparison += _compare(tag, rows, predictions)
+            curves += run_curves
+            mpt = trials[trials["family"] == BASELINE]
+            budgets += [{"pipeline_run": tag, "task": task, "shots": shots, "trained": int(g["steps_trained"].sum()),
+                         "grid": int(g["budget"].sum())} for (task, shots), g in mpt.groupby(["task", "shots"])]
+    report = Report(_runs_table(parents), pd.DataFrame(results, columns=RESULT_COLUMNS),
+                    pd.DataFrame(comparison, columns=COMPARISON_COLUMNS), Path(out_dir), [], client)
+    report.out_dir.mkdir(parents=True, exist_ok=True)
+    report.files = _write_tables(report) + plots.write_all(report.results, pd.concat(curves) if curves else None,
+                                                           pd.DataFrame(budgets), report.out_dir)
+    return report
+
+
+def _write_tables(report: Report) -> list[Path]:
+    out = report.out_dir
+    report.results.to_csv(out / "results.csv", index=False)
+    report.comparison.to_csv(out / "comparison.csv", index=False)
+    lines = ["# Report", "", "## Runs", ""]
+    lines += [f"- `{r.pipeline_run}` (parent run `{r.parent_run_id}`, {r.wall_time_s or float('nan'):.0f} s): "
+              + (f"differs in {r.differences}" if r.differences else "no spec differences") for r in report.runs.itertuples()]
+    lines += ["", "## Test metric over seeds (chosen config, 95% t interval)", "", _markdown(report.results), "",
+              "## MPT minus each method (paired bootstrap over test examples, 95%, mean over seeds)", "",
+              _markdown(report.comparison), ""]
+    (out / "summary.md").write_text("\n".join(lines))
+    return [out / "summary.md", out / "results.csv", out / "comparison.csv"]
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(none)"
+    shown = table.map(lambda v: f"{v:.4f}" if isinstance(v, float) else str(v))
+    return "\n".join(["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+                     + ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)])
+
+
+def metric_name(prefix: str, row) -> str:
+    """``<prefix>_<method>_<task>[_<shots>]``, with what MLflow refuses in a metric name (``:``) as ``-``."""
+    name = f"{prefix}_{row['method']}_{row['task']}" + ("" if row["shots"] == "full" else f"_{row['shots']}")
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "-", name)
+
+
+def log_to_parent(report: Report, parent_run_id: str) -> None:
+    """The report's files under ``report/`` of the parent run, and its comparisons as metrics."""
+    client = report.client
+    client.log_artifacts(parent_run_id, str(report.out_dir), "report")
+    tag = report.runs.set_index("parent_run_id").loc[parent_run_id, "pipeline_run"]
+    metrics = {}
+    for _, row in report.comparison[report.comparison["pipeline_run"] == tag].iterrows():
+        for prefix, column in (("diff", "diff"), ("diff_low", "low"), ("diff_high", "high")):
+            metrics[metric_name(prefix, row)] = float(row[column])
+    now = int(pd.Timestamp.now().timestamp() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+
+
+def format_verdicts(report: Report) -> str:
+    """The comparison as a console table."""
+    if report.comparison.empty:
+        return "No comparison: no run has both MPT and another method chosen on the same task."
+    shown = report.comparison.assign(
+        diff=report.comparison["diff"].map("{:+.4f}".format),
+        interval=[f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(report.comparison["low"], report.comparison["high"])])
+    columns = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "diff", "interval", "verdict"]
+    return ("MPT minus each method on test (paired bootstrap over test examples, 95%, mean over seeds):\n"
+            + shown[columns].to_string(index=False))
