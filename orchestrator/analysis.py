@@ -25,6 +25,7 @@ from .runs import search_all
 from .tracking import PARENT_TAG, PIPELINE_TAG, STAGE_TAG, STOPPED_TAG, TASK_TAG
 
 BASELINE = "mpt"  # the method every other one is compared against
+REUSED_TARGET = "mpt.reused.target:"  # on a parent run: the earlier parent run whose target results it reused
 RESULT_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "mean", "sd", "low", "high", "rank",
                   "lr", "head_lr", "trainable_params", "steps_trained", "wall_time_s"]
 COMPARISON_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "diff", "low", "high", "verdict"]
@@ -40,10 +41,22 @@ class Report:
     client: MlflowClient = field(repr=False)
 
 
+def _trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    """The parent's target trials; a target the pipeline reused from an earlier run (tag
+    ``mpt.reused.target:<task>``) has its trials under that run."""
+    query = f"tags.`{STAGE_TAG}` = 'target' AND tags.`{PARENT_TAG}` = "
+    reused = {tag.removeprefix(REUSED_TARGET): run_id for tag, run_id in parent.data.tags.items()
+              if tag.startswith(REUSED_TARGET)}
+    runs = [r for r in search_all(client, parent.info.experiment_id, query + f"'{parent.info.run_id}'")
+            if r.data.tags[TASK_TAG] not in reused]
+    for task, earlier in reused.items():
+        runs += search_all(client, parent.info.experiment_id, query + f"'{earlier}' AND tags.`{TASK_TAG}` = '{task}'")
+    return runs
+
+
 def _trials(client: MlflowClient, parent: Run) -> pd.DataFrame:
-    query = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' AND tags.`{STAGE_TAG}` = 'target'"
     rows = []
-    for run in search_all(client, parent.info.experiment_id, query):
+    for run in _trial_runs(client, parent):
         p, tags = run.data.params, run.data.tags
         complete = run.info.status == "FINISHED" and tags.get(STOPPED_TAG) != "true"
         # only a trial that stopped short needs its history read to know how far it trained

@@ -10,6 +10,7 @@ noise (``analysis.py``).
 from __future__ import annotations
 
 import argparse
+import tempfile
 import logging
 import os
 import time
@@ -240,6 +241,7 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
              spec.name, run_tag, len(spec.sources), len(spec.targets), parent.run_id)
     try:
         table = dag.run_pipeline(ctx)
+        verdicts = _analyse(uri, experiment_id, parent.run_id)
     except BaseException as err:
         cause = root_cause(err)
         parent.set_tags({"mpt.error": cause[:4000]})
@@ -259,14 +261,29 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
         shown = table.drop(columns=["mlflow_run_id", "error", "registered_model"])
         log.info("\nAll target trials:\n%s", shown.to_string(index=False))
-        log.info("\nBest per target and method (chosen on validation; test scored once, on the reloaded model):\n%s",
-                 report.summary(table).to_string(index=False))
+        log.info("\nChosen per target, budget and method (on validation averaged over seeds; test scored once per "
+                 "seed, on the reloaded model):\n%s", report.summary(table).to_string(index=False))
+    log.info("\n%s\n(again from MLflow alone, with plots: python -m orchestrator report %s --runs %s)", verdicts,
+             spec.experiment_name(), parent.run_id)
     registered = sorted(table["registered_model"].dropna())
     if registered:
         log.info("\nRegistered models (mlflow.pyfunc.load_model, `mlflow models serve`, `python -m orchestrator "
                  "predict`; the alias @champion holds each name's best validation):\n  %s", "\n  ".join(registered))
     log.info("\n[pipeline] finished in %.0fs. Compare runs in the MLflow UI:\n  %s", time.time() - started, ui_command(uri))
     return 0
+
+
+def _analyse(uri: str, experiment_id: str, parent_run_id: str) -> str:
+    """The report of this pipeline run, logged under ``report/`` of its parent run, as ``report``
+    writes it; returns the verdicts for the console."""
+    from mlflow.tracking import MlflowClient
+
+    from . import analysis
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = analysis.build_report(MlflowClient(uri), experiment_id, [parent_run_id], Path(tmp))
+        analysis.log_to_parent(report, parent_run_id)
+    return analysis.format_verdicts(report)
 
 
 def flat_params(spec: PipelineSpec) -> dict[str, str]:
@@ -288,8 +305,6 @@ def flat_params(spec: PipelineSpec) -> dict[str, str]:
 
 
 def _spec_file(spec: PipelineSpec, run_tag: str) -> Path:
-    import tempfile
-
     path = Path(tempfile.mkdtemp()) / f"{spec.name}-{run_tag}.yaml"
     path.write_text(yaml.safe_dump(spec.public_dump(), sort_keys=False))
     return path

@@ -1,4 +1,5 @@
-"""The results table (pandas) of every target trial, the best per target and method, and its plot."""
+"""The table (pandas) of every target trial of a run, and the configuration chosen per target,
+budget and method on validation averaged over seeds."""
 
 from __future__ import annotations
 
@@ -78,35 +79,15 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
         .sort_values(["task", "shots", "value"], ascending=[True, True, False], ignore_index=True)
 
 
-def plot(table: pd.DataFrame, path: Path) -> Path:
-    """Bar chart of the chosen trial per target and method (validation and test)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = summary(table)
-    pivot = best.pivot_table(index=["task", "shots"], columns="method", values="test_value")
-    ax = pivot.plot.bar(figsize=(max(6, 2 * len(pivot)), 4), rot=0)
-    ax.set_ylabel("test " + (best["metric"].iloc[0].removeprefix("eval_") if len(best) else "metric"))
-    ax.set_title("Best trial per target and method (chosen on validation)")
-    ax.legend(loc="lower right", fontsize="small")
-    plt.tight_layout()
-    plt.savefig(path, dpi=100)
-    plt.close("all")
-    return path
-
-
 def publish(table: pd.DataFrame, parent: RunLogger) -> None:
-    """The CSV tables and the plot as artifacts of the parent run, and the best values as its metrics."""
+    """Every trial (``trials.csv``) and the chosen configurations (``best.csv``) as artifacts of the
+    parent run, and the chosen test values as its metrics (intervals, verdicts and plots: ``analysis``)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        table.to_csv(tmp / "results.csv", index=False)
+        table.to_csv(tmp / "trials.csv", index=False)
         summary(table).to_csv(tmp / "best.csv", index=False)
-        parent.log_artifact(tmp / "results.csv", "report")
+        parent.log_artifact(tmp / "trials.csv", "report")
         parent.log_artifact(tmp / "best.csv", "report")
-        if table["best"].any():
-            parent.log_artifact(plot(table, tmp / "best.png"), "report")
     metrics = {}
     for _, row in summary(table).iterrows():
         if row["test_value"] is not None and row["test_value"] == row["test_value"]:

@@ -168,7 +168,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(store):
     rerun = {r.data.params["rank"] for r in runs if r.data.tags.get(PARENT_TAG) == new_parent.info.run_id
              and r.data.tags.get(STAGE_TAG) == "target"}
     assert rerun == {"1", "2", "3"} - done  # finished trials are kept, not trained again
-    table = client.download_artifacts(new_parent.info.run_id, "report/results.csv", str(store))
+    table = client.download_artifacts(new_parent.info.run_id, "report/trials.csv", str(store))
     import pandas as pd
 
     results = pd.read_csv(table)

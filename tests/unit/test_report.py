@@ -1,11 +1,11 @@
-"""The pure functions of orchestrator/report.py: the method family, the choice of the best trial
-per family, the reloaded model's values attached to it, the results table and its summary, the plot."""
+"""The pure functions of orchestrator/report.py: the method family, the configuration chosen per
+family and budget, the reloaded model's values attached to it, the results table and its summary."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator.report import TABLE_COLUMNS, attach_test, family, plot, results_table, select_best, summary
+from orchestrator.report import TABLE_COLUMNS, attach_test, family, results_table, select_best, summary
 
 
 def row(method: str, value: float | None, *, task: str = "review_polarity", status: str = "completed",
@@ -112,9 +112,3 @@ def test_summary_maps_single_source_methods_to_their_family():
     rows = [row("single_source:nli", 0.7)]
     table = results_table(attach_test(rows, rows, [{"eval_accuracy": 0.7, "test_accuracy": 0.65}]))
     assert list(summary(table)["method"]) == ["single_source"]
-
-
-def test_plot_writes_a_png(tmp_path):
-    path = plot(results_table(table_rows()), tmp_path / "best.png")
-    assert path == tmp_path / "best.png"
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
