@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import get_linear_schedule_with_warmup
 
 from ..data import Example, TaskData
+from ..spec import DropoutSetting, OptimizerName, ScheduleName
 from .metrics import compute_metric
 from .models import HEAD_NAMES
+from .optimization import make_optimizer, make_schedule, set_dropout
 
 
 @dataclass
@@ -98,6 +99,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
         head_lr: float, weight_decay: float, eval_every: int, evaluate: Callable[[], dict[str, float]],
         on_step: Callable[[int, float], None] = lambda step, loss: None,
         on_eval: Callable[[int, dict[str, float], dict], None] = lambda step, metrics, state: None,
+        dropout: DropoutSetting, optimizer: OptimizerName, schedule: ScheduleName, warmup_ratio: float,
         start_step: int = 0, optimizer_state: dict | None = None) -> dict[str, float]:
     """Train the parameters that require grad; evaluate every ``eval_every`` steps and at the end.
 
@@ -107,24 +109,25 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
     FloatingPointError rather than silently training on NaNs.
 
     The classifier head gets its own learning rate: prompt tuning wants lr ~0.3, which makes a
-    linear head diverge.
+    linear head diverge. ``dropout``, ``optimizer``, ``schedule`` and ``warmup_ratio`` are the spec's
+    fields of the same names (see ``orchestrator.method.optimization``).
     """
+    set_dropout(model, dropout)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head = [p for n, p in named if any(f".{h}." in f".{n}" for h in HEAD_NAMES)]
     rest = [p for n, p in named if not any(f".{h}." in f".{n}" for h in HEAD_NAMES)]
     groups = [g for g in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
-    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10),
-                                               num_training_steps=steps)
+    opt = make_optimizer(groups, optimizer, weight_decay)
+    lr_schedule = make_schedule(opt, schedule, steps, warmup_ratio)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state["optimizer"])
-        schedule.load_state_dict(optimizer_state["schedule"])
+        opt.load_state_dict(optimizer_state["optimizer"])
+        lr_schedule.load_state_dict(optimizer_state["schedule"])
     metrics: dict[str, float] = {}
     window: list[float] = []
     if start_step >= steps:  # resumed after the last step: report the final state once more
         model.eval()
         metrics = evaluate()
-        on_eval(steps, metrics, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
+        on_eval(steps, metrics, {"optimizer": opt.state_dict(), "schedule": lr_schedule.state_dict()})
         return metrics
     for step in range(start_step + 1, steps + 1):
         model.train()
@@ -133,16 +136,16 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
             raise FloatingPointError(f"loss is {loss.item()} at step {step}: training diverged; lower the learning rate")
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
+        lr_schedule.step()
+        opt.zero_grad(set_to_none=True)
         window.append(loss.item())
         on_step(step, window[-1])
         if step % eval_every == 0 or step == steps:
             model.eval()
             metrics = {"train_loss_avg": sum(window) / len(window), **evaluate()}
             window.clear()
-            on_eval(step, metrics, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
+            on_eval(step, metrics, {"optimizer": opt.state_dict(), "schedule": lr_schedule.state_dict()})
     return metrics
 
 

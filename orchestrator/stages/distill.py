@@ -91,7 +91,7 @@ def distill_train_loop(config: dict) -> None:
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=stage.eval_every, evaluate=worker.on_rank0(rank, evaluate_all),
         on_step=worker.step_logger(logger), on_eval=on_eval,
-        start_step=start, optimizer_state=state)
+        start_step=start, optimizer_state=state, **stage.optimization())
 
 
 def run_distill(ctx: PipelineContext, teachers: list[Teacher] | None) -> SharedPrompt:

@@ -61,7 +61,7 @@ def source_train_loop(config: dict) -> None:
         eval_every=stage.eval_every,
         evaluate=worker.on_rank0(rank, lambda: evaluate(worker.unwrap(model), data, "validation", encoder)),
         on_step=worker.step_logger(logger), on_eval=on_eval,
-        start_step=start, optimizer_state=state)
+        start_step=start, optimizer_state=state, **stage.optimization())
 
 
 def run_source(ctx: PipelineContext, task: str) -> Teacher:

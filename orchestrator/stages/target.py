@@ -61,7 +61,7 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
     params = {"method": method, "rank": config.get("rank", ""), "lr": config.get("lr", ""),
               "head_lr": config["head_lr"], "batch_size": config["batch_size"],
               "weight_decay": config["weight_decay"], "steps": stage.steps, "seed": seed, "shots": shots,
-              "num_virtual_tokens": spec.prompt.num_virtual_tokens, "task": task}
+              "num_virtual_tokens": spec.prompt.num_virtual_tokens, "task": task, **stage.optimization()}
     trial_id = tune.get_context().get_trial_id()
     task_id = task_id_of(method)
     with child_run(ctx.tracking, "target", task, f"target-{task}-{method}-{trial_id}", params,
@@ -97,7 +97,7 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
         fit(model, loss_fn, steps=stage.steps, lr=float(config.get("lr", stage.lr)), head_lr=float(config["head_lr"]),
             weight_decay=float(config["weight_decay"]), eval_every=stage.eval_every,
             evaluate=lambda: evaluate(model, data, "validation", encoder, task_id),
-            on_step=lambda s, v: run.metric(s, "train_loss", v), on_eval=on_eval)
+            on_step=lambda s, v: run.metric(s, "train_loss", v), on_eval=on_eval, **stage.optimization())
 
 
 class TrialRunCloser(tune.Callback):

@@ -9,7 +9,7 @@ import torch
 from orchestrator.data import load_task
 from orchestrator.method import models
 from orchestrator.method.train import Encoder, autocast, batch_stream, evaluate, fit, task_loss, to_device
-from orchestrator.spec import ModelSpec, TaskSpec
+from orchestrator.spec import ModelSpec, TaskSpec, TrainSpec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device here; the GPU path is tested where one is")
@@ -31,6 +31,7 @@ def test_mpt_trains_and_evaluates_on_cuda_with_bf16_autocast(tmp_path, kind, tas
             return task_loss(model, batch, task_type)
 
     metrics = fit(model, loss_fn, steps=4, lr=0.3, head_lr=0.01, weight_decay=0.0, eval_every=2,
-                  evaluate=lambda: evaluate(model, data, "validation", encoder, task_id=0))
+                  evaluate=lambda: evaluate(model, data, "validation", encoder, task_id=0),
+                  **TrainSpec().optimization())
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     assert all(p.device.type == "cuda" for p in model.parameters())

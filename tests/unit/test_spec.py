@@ -71,6 +71,28 @@ def test_non_positive_numbers_are_rejected(path, value):
     assert issue.field == path.replace("__", ".") and issue.value == value and ">" in issue.fix
 
 
+@pytest.mark.parametrize("stage", ["source", "distill", "target"])
+@pytest.mark.parametrize("settings", [
+    {"optimizer": "adafactor", "schedule": "cosine", "warmup_ratio": 0.0, "dropout": "off"},
+    {"optimizer": "adamw", "schedule": "constant", "warmup_ratio": 0.5, "dropout": 0.0},
+    {"optimizer": "adamw", "schedule": "linear", "warmup_ratio": 0.1, "dropout": 0.3},
+])
+def test_every_stage_takes_the_optimisation_settings(stage, settings):
+    spec = parse_spec(with_(**{f"{stage}__{k}": v for k, v in settings.items()}))
+    assert getattr(spec, stage).optimization() == settings
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("optimizer", "sgd", "'adamw' or 'adafactor'"), ("schedule", "cos", "'constant', 'linear' or 'cosine'"),
+    ("warmup_ratio", 1.0, "< 1"), ("warmup_ratio", -0.1, ">= 0"), ("warmup_ratio", "some", "float"),
+    ("dropout", 1.0, "[0, 1)"), ("dropout", -0.1, "[0, 1)"), ("dropout", "none", "'on', 'off'"),
+    ("dropout", True, "'on', 'off'"), ("dropout", "0.1", "[0, 1)"),
+])
+def test_bad_optimisation_settings_name_the_field_and_the_valid_values(key, value, needle):
+    (issue,) = errors_of(with_(**{f"distill__{key}": value}))
+    assert issue.field == f"distill.{key}" and issue.value == value and needle in str(issue), str(issue)
+
+
 @pytest.mark.parametrize("space,needle", [
     ({}, "empty"),
     ({"rank": {"grid": [0]}, "lr": 0.1}, "positive integer"),

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers.models import L, encoder, small
 
 from orchestrator.method import models
 from orchestrator.method.train import batch_stream, evaluate, fit, task_loss
+from orchestrator.spec import TrainSpec
+
+DEFAULTS = TrainSpec().optimization()
 
 
-def test_fit_lowers_the_loss_and_reports_each_eval(bert_dir):
+ADAFACTOR = {"optimizer": "adafactor", "schedule": "constant", "warmup_ratio": 0.0, "dropout": "off"}
+
+
+@pytest.mark.parametrize("optimization", [DEFAULTS, ADAFACTOR], ids=["defaults", "adafactor"])
+def test_fit_lowers_the_loss_and_reports_each_eval(bert_dir, optimization):
     data = small("sentiment")
     model = models.prompt_tuning_model(models.load_base_model(bert_dir, "SEQ_CLS", 2), "SEQ_CLS", L)
     enc = encoder(bert_dir)
@@ -24,9 +32,12 @@ def test_fit_lowers_the_loss_and_reports_each_eval(bert_dir):
     before = eval_loss()
     fit(model, lambda step: task_loss(model, fixed, "SEQ_CLS"), steps=30, lr=0.3, head_lr=0.05, weight_decay=0.0,
         eval_every=10, evaluate=lambda: evaluate(model, data, "validation", enc),
-        on_step=lambda s, v: losses.append(v), on_eval=lambda s, m, state: evals.append((s, m)))
+        on_step=lambda s, v: losses.append(v), on_eval=lambda s, m, state: evals.append((s, m, state)),
+        **optimization)
     after = eval_loss()
-    assert len(losses) == 30 and [s for s, _ in evals] == [10, 20, 30]
+    assert len(losses) == 30 and [s for s, _, _ in evals] == [10, 20, 30]
+    if optimization["schedule"] == "constant":  # the prompt and the head keep their own learning rates
+        assert [g["lr"] for g in evals[-1][2]["optimizer"]["param_groups"]] == [0.3, 0.05]
     assert set(evals[-1][1]) == {"train_loss_avg", "eval_accuracy"}
     assert after < before - 0.05, (before, after)
 
