@@ -55,6 +55,9 @@ def fingerprints(spec: PipelineSpec) -> dict[str, str]:
     upstream = [fps["distill"]] + ([fps[f"source:{t}"] for t in spec.sources]
                                    if {"single_source", "no_distill"} & set(baselines) else []) \
         + ([fps[JOINT]] if "joint_multitask" in baselines else [])
+    if spec.seed_scope == "pipeline":  # every other seed's sources and distillation feed the targets too
+        upstream += [{k: v for k, v in fingerprints(spec.for_seed(s)).items() if not k.startswith("target:")}
+                     for s in spec.seed_list()[1:]]
     for t in spec.targets:
         fps[f"target:{t}"] = _digest(common, settings(spec.target), spec.task(t).model_dump(), upstream,
                                      spec.seed_list())

@@ -154,12 +154,15 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
         f"3. targets: {len(spec.targets)} Ray Tune sweeps in parallel, {mpt_trials} MPT trial(s) each "
         f"({t.scheduler.type}) + {baseline_trials} baseline trial(s), {t.steps} steps per trial, "
         f"{res(t.resources)} per trial, max concurrent {t.max_concurrent_trials or 'unlimited'}",
+        *([f"     - seed_scope pipeline: steps 1 and 2 run once per seed ({len(seeds)} x)"]
+          if spec.seed_scope == "pipeline" and len(seeds) > 1 else []),
         f"     - every configuration at {len(seeds)} seed(s) {seeds}; training set: "
         f"{', '.join(b if b == 'full' else f'{b} shots per class' for b in map(str, budgets))} (one sweep each)",
         *[f"     - target {name}: search {yaml.safe_dump(t.search_space.root, default_flow_style=True).strip()}"
           for name in spec.targets],
         *([f"     - baselines: {', '.join(baseline_methods)}"] if baseline_methods else []),
-        "4. report: results table (CSV) + plot on the parent MLflow run",
+        "4. report: every trial (CSV), each method over seeds with a 95% interval, MPT against each other method "
+        "(paired bootstrap verdict), plots: on the parent MLflow run",
         *([f"5. registry: each target's best MPT trial as a version of "
            f"{spec.registry.name.format(experiment=spec.experiment_name(), task='<task>', method='mpt')}"
            f"{' (baselines too)' if spec.registry.baselines else ''}; alias @champion on the best validation"]
@@ -259,7 +262,7 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
-        shown = table.drop(columns=["mlflow_run_id", "error", "registered_model"])
+        shown = table.drop(columns=["mlflow_run_id", "error", "registered_model", "config"])
         log.info("\nAll target trials:\n%s", shown.to_string(index=False))
         log.info("\nChosen per target, budget and method (on validation averaged over seeds; test scored once per "
                  "seed, on the reloaded model):\n%s", report.summary(table).to_string(index=False))

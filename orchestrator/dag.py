@@ -1,5 +1,6 @@
 """The Ray task graph: sources (fan-out) -> distill (join) -> targets (fan-out) -> report (join),
-with the joint_multitask ablation's student beside the sources when a spec asks for it.
+with the joint_multitask ablation's student beside the sources when a spec asks for it, and with
+``seed_scope: pipeline`` one sources-and-distill branch per seed.
 
 Built from remote tasks passing ``ObjectRef`` arguments, which Ray resolves to values before a task
 starts, so each node runs as soon as its inputs exist. A node reuses its stage's earlier result when
@@ -39,13 +40,17 @@ def joint_node(ctx: PipelineContext) -> SharedPrompt:
 
 
 @ray.remote(num_cpus=0)
+def starts_node(seed: int, shared: SharedPrompt, joint: SharedPrompt | None, *teachers: Teacher) -> target.Starts:
+    return target.Starts(seed, shared, joint, {t.task: t for t in teachers})
+
+
+@ray.remote(num_cpus=0)
 @in_ray_worker
-def target_node(ctx: PipelineContext, task: str, shared: SharedPrompt, joint: SharedPrompt | None,
-                *teachers: Teacher) -> list[dict]:
+def target_node(ctx: PipelineContext, task: str, *starts: target.Starts) -> list[dict]:
     reused = cache.reuse_target(ctx, task)
     if reused is not None:
         return reused
-    rows = target.run_target(ctx, task, shared, joint, list(teachers))
+    rows = target.run_target(ctx, task, {s.seed: s for s in starts})
     cache.record_target(ctx, task, rows)
     return rows
 
@@ -70,12 +75,20 @@ def train_job_env() -> dict:
                          "RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
 
 
+def seed_branch(ctx: PipelineContext, env: dict):
+    """Sources (fan-out) -> distill (join), and the joint_multitask student when asked for (it needs no
+    teachers: it trains beside the sources), gathered as what target trials start from."""
+    teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in ctx.spec.sources]
+    shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
+    joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in ctx.spec.target.baselines else None
+    return starts_node.remote(ctx.spec.seed, shared, joint, *teachers)
+
+
 def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     spec = ctx.spec
     env = train_job_env()
-    teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in spec.sources]
-    shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
-    # the joint_multitask ablation's student needs no teachers: it trains beside the sources
-    joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in spec.target.baselines else None
-    targets = [target_node.remote(ctx, task, shared, joint, *teachers) for task in spec.targets]
+    # seed_scope pipeline: one branch per seed, each seed's trials starting from its own shared prompt
+    seeds = spec.seed_list() if spec.seed_scope == "pipeline" else [spec.seed]
+    starts = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env) for s in seeds]
+    targets = [target_node.remote(ctx, task, *starts) for task in spec.targets]
     return ray.get(report_node.remote(ctx, ctx.tracking.parent_run_id, *targets))

@@ -310,6 +310,10 @@ class PipelineSpec(Strict):
         None, description="Seeds the target comparison repeats over (the head's initialisation, the data order and "
         "the few-shot draw); each method's configuration is chosen on validation averaged over seeds, then tested "
         "at every seed. Default [seed]; intervals and verdicts need at least 2.")
+    seed_scope: Literal["targets", "pipeline"] = Field(
+        "targets", description="targets: seeds repeat the target comparison; the sources and the distillation "
+        "train once, at the first seed. pipeline: they repeat too, so each seed's trials start from that seed's own "
+        "shared prompt (for the variance of the shared prompt itself; K+1 more training jobs per extra seed).")
     model: ModelSpec = Field(default_factory=ModelSpec)
     prompt: PromptSpec = Field(default_factory=PromptSpec)
     tasks: list[TaskSpec] = Field(min_length=1, description="Every task the pipeline uses, by name.")
@@ -346,6 +350,10 @@ class PipelineSpec(Strict):
             if len(set(seeds)) != len(seeds):
                 raise ValueError("lists a seed twice; a repeated seed repeats the same run, not a new sample")
         return seeds
+
+    def for_seed(self, seed: int) -> PipelineSpec:
+        """This spec as one seed's pipeline (``seed_scope: pipeline`` runs one per seed)."""
+        return self.model_copy(update={"seed": seed, "seeds": None, "seed_scope": "targets"})
 
     def seed_list(self) -> list[int]:
         """The seeds target trials repeat over."""

@@ -33,6 +33,8 @@ from .spec import TaskSpec
 # MLflow prints "View run ... at: <tracking URI>" whenever a run ends, credentials included; the CLI
 # prints the (redacted) URI itself.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# and a progress bar per artifact download (cache reuse, reloads, the report): noise around our own lines
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 STAGE_TAG = "mpt.stage"
 TASK_TAG = "mpt.task"

@@ -3,6 +3,7 @@ Train workers and Tune trials alike)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..data import TaskData, load_task
@@ -29,6 +30,14 @@ class PipelineContext:
         stage = key.split(":")[0]
         name = f"{self.spec.name}-{key.replace(':', '-')}-{self.fingerprints[key]}"
         return f"{name}-{self.run_tag}" if stage in self.forced else name
+
+    def for_seed(self, seed: int) -> PipelineContext:
+        """The context of one seed's sources and distillation (``seed_scope: pipeline``): its own
+        spec seed, so its own data draws, initialisation and fingerprints."""
+        from ..cache import fingerprints  # the cache reads MLflow; a context alone does not need it
+
+        spec = self.spec.for_seed(seed)
+        return dataclasses.replace(self, spec=spec, fingerprints=fingerprints(spec))
 
     def load(self, task: str) -> TaskData:
         return load_task(self.spec.task(task), self.spec.seed)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,9 +31,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from .. import registry, report
 from ..logs import in_ray_worker, progress
+from ..data import few_shot
 from ..method import models
 from ..method.distill import SharedPrompt, Teacher
-from ..data import few_shot
 from ..method.metrics import compute_metric
 from ..method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
 from ..method.train import autocast, batch_stream, evaluate, fit, predict, task_loss, to_device
@@ -43,18 +44,29 @@ from .context import PipelineContext
 
 log = logging.getLogger(__name__)
 
+@dataclass
+class Starts:
+    """What one seed's target trials start from: the shared prompt, the joint_multitask student (when
+    asked for) and the teachers, by source task."""
+
+    seed: int
+    shared: SharedPrompt
+    joint: SharedPrompt | None
+    teachers: dict[str, Teacher]
+
+
 CONFIG_TAG = "mpt.config"  # what a configuration's trials share across seeds
 PREDICTIONS = "predictions/test.json"  # a chosen trial's test predictions, for paired comparisons
 
 
 @in_ray_worker
-def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPrompt, joint: SharedPrompt | None,
-                 teachers: dict[str, Teacher], sweep: str) -> None:
+def target_trial(config: dict, ctx: PipelineContext, task: str, starts: dict[int, Starts], sweep: str) -> None:
     """One Tune trial: train one target from its start (MPT, a baseline or an ablation) at one seed
     and training-set budget, and report the eval metric."""
     spec, stage = ctx.spec, ctx.spec.target
     config = SearchSpace.trial_settings(config)
     method, seed, shots = config["method"], int(config["seed"]), config["shots"]
+    start = starts.get(seed) or starts[spec.seed]  # seed_scope targets: one start, the first seed's
     data = ctx.load(task)
     data = dataclasses.replace(data, train=few_shot(data, shots, seed))
     device = torch.device("cuda" if torch.cuda.is_available() and stage.resources.use_gpu else "cpu")
@@ -70,8 +82,8 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, shared: SharedPr
                     FINGERPRINT_TAG: ctx.fingerprints[f"target:{task}"]}) as run, \
             tempfile.TemporaryDirectory() as workdir:
         model = build_target_model(method, int(config.get("rank", 1)), ctx.model_dir, spec.model.task_type,
-                                   spec.prompt.num_virtual_tokens, data.num_labels, seed, shared, teachers,
-                                   Path(workdir), joint)
+                                   spec.prompt.num_virtual_tokens, data.num_labels, seed, start.shared,
+                                   start.teachers, Path(workdir), start.joint)
         model.to(device)
         trainable = models.count_trainable(model)
         run.log_params({"trainable_params": trainable})
@@ -152,11 +164,11 @@ def sweep_trainable(fn, name: str, resources: PlacementGroupFactory, **params):
     return trainable
 
 
-def _sweep(ctx: PipelineContext, task: str, starts: dict, space: dict, name: str, scheduler) -> tune.ResultGrid:
-    """One Tune sweep; ``starts`` are the prompts trials start from (shared, joint, teachers)."""
+def _sweep(ctx: PipelineContext, task: str, starts: dict[int, Starts], space: dict, name: str,
+           scheduler) -> tune.ResultGrid:
     stage = ctx.spec.target
     trainable = sweep_trainable(target_trial, name, PlacementGroupFactory([stage.resources.bundle()]),
-                                ctx=ctx, task=task, sweep=name, **starts)
+                                ctx=ctx, task=task, starts=starts, sweep=name)
     path = _join(ctx.storage, name)
     if tune.Tuner.can_restore(path):
         # An interrupted sweep of the same fingerprint: finished trials are kept, the rest run again.
@@ -204,14 +216,14 @@ def _rows(ctx: PipelineContext, task: str, grid: tune.ResultGrid) -> list[dict]:
     return rows
 
 
-def run_sweeps(ctx: PipelineContext, task: str, starts: dict) -> list[dict]:
+def run_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> list[dict]:
     """Tune sweeps for one target, per training-set budget: MPT over the search space with ASHA, then
     the baselines (FIFO, same step budget, same lr search), every configuration at every seed.
     Returns one row per trial."""
     stage, seeds = ctx.spec.target, ctx.spec.seed_list()
     sched = stage.scheduler
     n_evals = math.ceil(stage.steps / stage.eval_every)
-    baselines = stage.baseline_methods(list(starts["teachers"]))
+    baselines = stage.baseline_methods(ctx.spec.sources)
     rows = []
     for shots in stage.budgets():
         asha = (ASHAScheduler(time_attr="training_iteration", max_t=n_evals,
@@ -265,12 +277,11 @@ def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune
     return metrics
 
 
-def run_target(ctx: PipelineContext, task: str, shared: SharedPrompt, joint: SharedPrompt | None,
-               teachers: list[Teacher]) -> list[dict]:
+def run_target(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> list[dict]:
     """One target end to end: its sweeps, then each method's chosen configuration reloaded and scored
     at every seed (in parallel, one Ray task each); returns one row per trial, the chosen ones with
     their test value. The registry gets one model per method: the first seed's, at the last budget."""
-    rows = run_sweeps(ctx, task, {"shared": shared, "joint": joint, "teachers": {t.task: t for t in teachers}})
+    rows = run_sweeps(ctx, task, starts)
     bests = report.select_best(rows)
     spec = ctx.spec
     registered = (spec.seed_list()[0], str(spec.target.budgets()[-1]))

@@ -58,3 +58,13 @@ def test_rerun_forces_the_stage_and_everything_after_it():
     assert forced_stages(["distill"], False) == {"distill", "target"}
     assert forced_stages(["target", "source"], False) == {"source", "distill", "target"}
     assert forced_stages([], True) == {"source", "distill", "target"}
+
+
+def test_pipeline_seed_scope_gives_each_seed_its_own_sources_and_distillation():
+    spec = load_spec(SMOKE, ["seeds=[0, 1]", "seed_scope=pipeline"])
+    first, second = fingerprints(spec.for_seed(0)), fingerprints(spec.for_seed(1))
+    assert first["distill"] == fingerprints(spec)["distill"]  # the first seed's branch is the spec's own
+    assert all(first[k] != second[k] for k in ("source:nli", "source:sentiment", "distill", "distill:joint"))
+    # the targets depend on every seed's branch, so they are not the targets-scope ones
+    targets_scope = fingerprints(load_spec(SMOKE, ["seeds=[0, 1]"]))
+    assert fingerprints(spec)["target:review_polarity"] != targets_scope["target:review_polarity"]

@@ -95,7 +95,7 @@ def test_baselines_with_head_only_and_single_source(tmp_path):
 
 def test_the_linear_probe_is_not_counted_once_per_prompt_lr(tmp_path):
     """The issue's case: 3 sources, a 2-point lr grid: 2 vanilla_pt + 3 x 2 single_source + 1 head_only."""
-    spec = load_spec(DEMO, ["sources=[sentiment, topic, paraphrase]",
+    spec = load_spec(DEMO, ["sources=[sentiment, topic, paraphrase]", "seeds=[0]",
                             "target.search_space={rank: {grid: [1, 2]}, lr: {grid: [0.03, 0.1]}}",
                             "target.baselines=[vanilla_pt, head_only, single_source]"])
     assert check_plan_matches_tune(spec, tmp_path) == (4, 9)
