@@ -44,6 +44,7 @@ from .context import PipelineContext
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Starts:
     """What one seed's target trials start from: the shared prompt, the joint_multitask student (when
@@ -87,7 +88,8 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, starts: dict[int
         model.to(device)
         trainable = models.count_trainable(model)
         run.log_params({"trainable_params": trainable})
-        run.log_datasets(spec.task(task), data, ("train", "validation"), seed)
+        # the data's seed, not the trial's: the digest tells one few-shot draw from another
+        run.log_datasets(spec.task(task), data, ("train", "validation"), spec.seed)
         encoder = ctx.encoder()
         stream = batch_stream(data.train, int(config["batch_size"]), seed)
 

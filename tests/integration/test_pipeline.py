@@ -4,6 +4,7 @@ then the same store again: cached stages are reused, and nothing secret was ever
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_smoke_pipeline_builds_the_run_tree(local_ray, seq_cls_store, tmp_path_f
         rc, out = run_smoke(tmp_path, *VARIANTS[variant])
         assert rc == 0, out
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert "Best per target and method" in out and "mlflow ui --backend-store-uri" in out
+    assert "Chosen per target, budget and method" in out and "mlflow ui --backend-store-uri" in out
 
     spec = load_spec(SMOKE, [v for v in VARIANTS[variant] if v != "--set"])
     client = MlflowClient(uri)
@@ -130,7 +131,10 @@ def test_a_second_run_reuses_every_finished_stage(seq_cls_store):
     assert "reused 4 stage(s) from earlier runs: distill, source:nli, source:sentiment, target:review_polarity" in out
     new = new_runs(uri, before)
     assert len(new) == 1 and PARENT_TAG not in new[0].data.tags and new[0].info.status == "FINISHED"
-    assert "Best per target and method" in out
+    assert "Chosen per target, budget and method" in out
+    # the reused target's trials are read from the run that trained them: the verdict is still there
+    assert re.search(r"review_polarity\s+full\s+vanilla_pt\s", out.split("MPT minus each method")[1])
+    assert any(k.startswith("diff_vanilla_pt_review_polarity") for k in new[0].data.metrics)
 
 
 @pytest.mark.slow
