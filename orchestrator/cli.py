@@ -21,7 +21,8 @@ import yaml
 
 from .logs import configure as configure_logging
 from .redaction import redact
-from .spec import PipelineSpec, SpecError, SpecIssue, load_spec
+from .spec import PipelineSpec, SpecError, SpecIssue
+from .spec_loading import load_spec
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1

@@ -73,7 +73,7 @@ UNAUTHORIZED = "Unauthorized: Missing authentication token"  # the body of Ray's
 PREFLIGHT_SCRIPT = """
 import json, sys
 from orchestrator.preflight import preflight
-from orchestrator.spec import load_spec
+from orchestrator.spec_loading import load_spec
 address, spec_path, tracking, storage = sys.argv[1:5]
 def check(*overrides):
     spec = load_spec(spec_path, [*overrides, "tracking.uri=" + tracking, "storage_path=" + storage])
@@ -148,7 +148,7 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
     from ray.util.state import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
 
-    from orchestrator.spec import apply_overrides, load_spec
+    from orchestrator.spec_loading import apply_overrides, load_spec
     from orchestrator.tracking import NODE_TAG, PARENT_TAG, STAGE_TAG, TASK_TAG
 
     timings: dict[str, float] = {}

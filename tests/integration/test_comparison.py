@@ -17,7 +17,7 @@ from helpers.specs import SMOKE
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cache import fingerprints
-from orchestrator.spec import load_spec
+from orchestrator.spec_loading import load_spec
 from orchestrator.stats import NO_DIFFERENCE
 from orchestrator.tracking import PARENT_TAG, STAGE_TAG
 

@@ -14,7 +14,7 @@ from helpers.specs import ROOT, SMOKE, fields
 from helpers.specs import issues_text as text
 
 from orchestrator import preflight as pf
-from orchestrator.spec import load_spec
+from orchestrator.spec_loading import load_spec
 from orchestrator.tracking import redact
 
 SECRET = "s3cr3t-SENTINEL-pw"

@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.registry import (CHAMPION, METRIC_TAG, VALIDATION_TAG, champion, model_name, register,
                                    should_register)
-from orchestrator.spec import RegistrySpec, SpecError, parse_spec
+from orchestrator.spec import RegistrySpec, SpecError
+from orchestrator.spec_loading import parse_spec
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from orchestrator.data import load_task
 from orchestrator.registry import (CHAMPION, METHOD_TAG, METRIC_TAG, TEST_TAG, VALIDATION_TAG, champion,
                                    register)
 from orchestrator.serving import PREDICTION, download
-from orchestrator.spec import load_spec
+from orchestrator.spec_loading import load_spec
 from orchestrator.tracking import FINGERPRINT_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, TASK_TAG
 
 TARGETS = ["review_polarity", "topic_match"]
@@ -42,7 +42,7 @@ import json, sys
 import mlflow, pandas as pd
 from orchestrator.data import load_task
 from orchestrator.method.metrics import compute_metric
-from orchestrator.spec import load_spec
+from orchestrator.spec_loading import load_spec
 spec = load_spec(sys.argv[1])
 out = {}
 for task in spec.targets:
