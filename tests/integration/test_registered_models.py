@@ -31,9 +31,8 @@ from orchestrator.spec_loading import load_spec
 from orchestrator.tracking import FINGERPRINT_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, TASK_TAG
 
 TARGETS = ["review_polarity", "topic_match"]
-# The second run: review_polarity again, one MPT trial (rank 1), no baselines. On this seed it ends at
-# 0.475 validation accuracy, below the first run's best (0.5, rank 2).
-WORSE = ["--rerun", "target", "--set", "targets=[review_polarity]", "--set", "target.baselines=[]",
+# The second run: review_polarity again, one MPT trial (rank 1), no baselines: a second version.
+SECOND = ["--rerun", "target", "--set", "targets=[review_polarity]", "--set", "target.baselines=[]",
          "--set", "target.search_space={rank: {grid: [1]}, lr: {grid: [0.3]}}"]
 
 # Loads the champion in a process that has never seen the pipeline, scores each target's test split.
@@ -223,14 +222,15 @@ def test_registration_against_an_mlflow_server(smoke, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_worse_second_run_leaves_the_champion(smoke):
+def test_a_second_run_moves_the_champion_only_on_a_strictly_better_validation(smoke):
+    """End to end, whichever way the second run scores: the tiny model sits near chance, so which one
+    is better depends on the recipe; tests/unit/test_registry.py constructs both cases."""
     tmp, uri, spec, _ = smoke
     client = MlflowClient(uri)
     before = champion(client, "mpt-smoke-review_polarity")
-    rc, out = run_smoke(tmp, *WORSE, spec=spec)
+    rc, out = run_smoke(tmp, *SECOND, spec=spec)
     assert rc == 0, out
     versions = {str(v.version): v for v in client.search_model_versions("name = 'mpt-smoke-review_polarity'")}
-    assert sorted(versions) == ["1", "2"]
+    assert sorted(versions) == ["1", "2"] and str(before.version) == "1"
     new, old = float(versions["2"].tags[VALIDATION_TAG]), float(before.tags[VALIDATION_TAG])
-    assert new < old, f"precondition: the second run must score lower ({new} vs {old}); pick other WORSE settings"
-    assert str(champion(client, "mpt-smoke-review_polarity").version) == str(before.version) == "1"
+    assert str(champion(client, "mpt-smoke-review_polarity").version) == ("2" if new > old else "1")
