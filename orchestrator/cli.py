@@ -10,9 +10,9 @@ noise (``analysis.py``).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import logging
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -90,7 +90,7 @@ def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[S
 
     ``hub_data=False`` leaves hub datasets unchecked, so that a cluster spec validates offline.
     """
-    from .data import budget_problem, check_task, load_task
+    from .data import check_task
     from .method.models import ModelError, resolve_model_dir
 
     issues: list[SpecIssue] = []
@@ -102,14 +102,8 @@ def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[S
     used = set(spec.sources) | set(spec.targets)
     for task in spec.tasks:
         if task.name in used and (hub_data or task.kind != "hf"):
-            issues.extend(check_task(task, spec.seed))
-    for name in spec.targets:
-        task = spec.task(name)
-        if spec.target.shots and (hub_data or task.kind != "hf") and not check_task(task, spec.seed):
-            data = load_task(task, spec.seed)
-            issues += [SpecIssue(field="target.shots", value=b, message=f"target {name}: {problem}",
-                                 fix="use a smaller budget, or give that task more training examples")
-                       for b in spec.target.budgets() if (problem := budget_problem(data, b))]
+            budgets = spec.target.budgets() if task.name in spec.targets else ()
+            issues.extend(check_task(task, spec.seed, budgets))
     if spec.model.task_type == "SEQ_2_SEQ_LM" and "head_only" in spec.target.baselines:
         issues.append(SpecIssue(field="target.baselines", value="head_only",
                                 message="a text-to-text model has no classifier head to probe",

@@ -6,7 +6,10 @@ of names, and apart from the readers so that the embedded path never touches pan
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from ..spec import SpecIssue, TaskSpec
+from .fewshot import budget_problem
 from .readers import read_hf, read_local
 from .splits import build
 from .synthetic import load_embedded
@@ -24,13 +27,16 @@ def load_task(spec: TaskSpec, seed: int) -> TaskData:
     return build(spec, seed, parts, class_names)
 
 
-def check_task(spec: TaskSpec, seed: int = 0) -> list[SpecIssue]:
-    """Load the task and return its problems ([] if fine); never raises for data problems."""
+def check_task(spec: TaskSpec, seed: int = 0, budgets: Sequence[int | str] = ()) -> list[SpecIssue]:
+    """Load the task and return its problems ([] if fine), including the few-shot ``budgets`` (of
+    ``target.shots``) that one of its classes cannot fill; never raises for data problems."""
     try:
-        load_task(spec, seed)
+        data = load_task(spec, seed)
     except TaskDataError as err:
         return list(err.issues)
     except Exception as err:  # noqa: BLE001 - a validator reports, it does not crash
         return [issue(spec, "", f"could not load the data: {type(err).__name__}: {err}",
                       "check the dataset, its files and the column names")]
-    return []
+    return [SpecIssue(field="target.shots", value=b, message=f"target {spec.name}: {problem}",
+                      fix="use a smaller budget, or give that task more training examples")
+            for b in budgets if (problem := budget_problem(data, b))]
