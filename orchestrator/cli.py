@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--rerun", action="append", default=[], choices=["source", "distill", "target"],
                            help="run this stage and every later one again even if the cache holds them")
             p.add_argument("--no-cache", action="store_true", help="reuse nothing from earlier runs")
+            p.add_argument("--verbose", action="store_true",
+                           help="also show Ray's, Tune's and the libraries' own output (always kept in the run's "
+                                "log file) instead of the live progress display")
         if verb == "validate":
             p.add_argument("--hub-data", action="store_true",
                            help="also download and check hub datasets (otherwise validate runs offline)")
@@ -197,14 +200,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             ray.shutdown()
         raise SpecError(issues, args.spec)
     try:
-        return _run(spec, model_dir, args.spec, args.rerun, args.no_cache, owns_ray)
+        return _run(spec, model_dir, args.spec, args.rerun, args.no_cache, owns_ray, args.verbose)
     except TrackingError as err:
         raise SpecError([SpecIssue(field="tracking.uri", value=redact(spec.tracking_uri()), message=str(err),
                                    fix="start the server or fix the URI")], args.spec) from None
 
 
+def _starts_local_ray(address: str | None) -> bool:
+    return address is None and "RAY_ADDRESS" not in os.environ
+
+
 def _set_local_ray_loopback(address: str | None) -> None:
-    if address is None and "RAY_ADDRESS" not in os.environ:
+    if _starts_local_ray(address):
         # Every port of a local Ray then binds 127.0.0.1 only (Ray's GCS and raylet otherwise listen on
         # every interface, whatever the node IP); Ray reads this once, at import, so it is set before
         # the first `import ray`.
@@ -212,7 +219,18 @@ def _set_local_ray_loopback(address: str | None) -> None:
 
 
 def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], no_cache: bool,
-         owns_ray: bool) -> int:
+         owns_ray: bool, verbose: bool) -> int:
+    from .console import Console
+
+    run_tag = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    storage = spec.storage()
+    log_file = (Path(storage) if "://" not in storage else Path.cwd()) / "logs" / f"{spec.name}-{run_tag}.log"
+    with Console(log_file, verbose) as console:
+        return _execute(spec, model_dir, spec_path, rerun, no_cache, owns_ray, run_tag, console)
+
+
+def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], no_cache: bool,
+             owns_ray: bool, run_tag: str, console) -> int:
     import ray
 
     from . import cache, dag, report
@@ -225,32 +243,39 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
     experiment_id = ensure_experiment(uri, spec.experiment_name(), artifact_root)
     for run_id in close_orphaned_runs(uri, experiment_id):
         log.info("[pipeline] run %s was left RUNNING by a pipeline that died; marked KILLED", run_id)
-    run_tag = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
                               {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
     parent.log_artifact(_spec_file(spec, run_tag), "spec")
     if not ray.is_initialized():
-        ray.init(address=spec.cluster.address, logging_level="WARNING")
+        # A local Ray without its dashboard: its ten or so processes cost a 2-CPU laptop about 10 s at
+        # start-up (bench/overhead.py); a cluster started with `ray start --head` keeps its own.
+        ray.init(address=spec.cluster.address, logging_level="WARNING",
+                 **({"include_dashboard": False} if _starts_local_ray(spec.cluster.address) else {}))
+    console.hook_ray()
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
                           spec.storage(), run_tag, cache.fingerprints(spec),
                           frozenset(cache.forced_stages(rerun, no_cache)))
     started = time.time()
-    log.info("[pipeline] %s run %s: %d sources -> distill -> %d targets; MLflow parent run %s",
-             spec.name, run_tag, len(spec.sources), len(spec.targets), parent.run_id)
+    log.info("[pipeline] %s run %s: %d sources -> distill -> %d targets; MLflow parent run %s\n"
+             "[pipeline] Ray's, Tune's and the libraries' output: %s%s", spec.name, run_tag, len(spec.sources),
+             len(spec.targets), parent.run_id, console.log_path, "" if console.verbose else " (--verbose shows it here)")
     try:
         table = dag.run_pipeline(ctx)
         verdicts = _analyse(uri, experiment_id, parent.run_id)
     except BaseException as err:
         cause = root_cause(err)
         parent.set_tags({"mpt.error": cause[:4000]})
+        _keep_log(parent, console)
         parent.end("FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
         log.error("[pipeline] FAILED after %.0fs: %s\nEarlier stages' runs and artifacts are kept; "
-                  "run the same command again to reuse them.", time.time() - started, cause)
+                  "run the same command again to reuse them. Full output: %s", time.time() - started, cause,
+                  console.log_path)
         return EXIT_FAILED
     finally:
         if owns_ray:
             ray.shutdown()
     parent.log_metrics(0, {"wall_time_s": time.time() - started})
+    _keep_log(parent, console)
     parent.end("FINISHED")
     reused = cache.reused_stages(uri, parent.run_id)
     log.info("\n[pipeline] reused %d stage(s) from earlier runs: %s", len(reused), ", ".join(sorted(reused)) or "none")
@@ -269,6 +294,13 @@ def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], n
                  "predict`; the alias @champion holds each name's best validation):\n  %s", "\n  ".join(registered))
     log.info("\n[pipeline] finished in %.0fs. Compare runs in the MLflow UI:\n  %s", time.time() - started, ui_command(uri))
     return 0
+
+
+def _keep_log(parent, console) -> None:
+    """The run's log file so far, on its parent run (``logs/``): Ray's session logs do not outlive the
+    machine, and a failed run is when it is read."""
+    console.flush()
+    parent.log_artifact(console.log_path, "logs")
 
 
 def _analyse(uri: str, experiment_id: str, parent_run_id: str) -> str:

@@ -2,18 +2,23 @@
 
 The CLI configures it. Ray runs the stages in processes the CLI does not start (graph nodes, Train
 workers, Tune trials): the functions Ray calls there are marked :func:`in_ray_worker`, which applies
-the same configuration first, and Ray forwards their lines to the driver's terminal. Progress goes
-to stdout, warnings and errors to stderr.
+the same configuration first. There each line is written as one marked JSON record, which Ray
+forwards to the driver, where ``console`` shows it among the project's lines and keeps Ray's own
+output in a log file. Progress goes to stdout, warnings and errors to stderr.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import sys
 
 NAME = "orchestrator"
+# Starts a forwarded line that is one of the project's records: ASCII unit separators, which no
+# library prints, so nothing else is mistaken for one.
+MARK = "\x1fmpt\x1f"
 
 
 class _CurrentStream(logging.StreamHandler):
@@ -33,23 +38,55 @@ class _CurrentStream(logging.StreamHandler):
         pass
 
 
-def configure(level: int = logging.INFO) -> logging.Logger:
-    """Lines of ``level`` and above: below WARNING to stdout, the rest to stderr. Idempotent."""
+class _Record(logging.Formatter):
+    """A record as one marked JSON line: what a Ray worker prints for the driver's console."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        return MARK + json.dumps({"level": record.levelno, "msg": message,
+                                  "progress": getattr(record, "progress", None)})
+
+
+def decode(line: str) -> dict | None:
+    """The record of a marked line (``_Record``); None for any other line."""
+    if not line.startswith(MARK):
+        return None
+    try:
+        return json.loads(line[len(MARK):])
+    except ValueError:
+        return None
+
+
+def _not_a_tick(record: logging.LogRecord) -> bool:
+    progress = getattr(record, "progress", None)
+    return not (progress and progress.get("metrics") is None)
+
+
+def configure(level: int = logging.INFO, forwarded: bool = False) -> logging.Logger:
+    """Lines of ``level`` and above: below WARNING to stdout, the rest to stderr. With ``forwarded``
+    (a Ray worker) every line is a marked record, progress ticks included; otherwise ticks, which
+    only a live display shows, are dropped. Idempotent."""
     logger = logging.getLogger(NAME)
     logger.setLevel(level)
     logger.propagate = False
-    if not any(isinstance(h, _CurrentStream) for h in logger.handlers):
-        out, err = _CurrentStream("stdout"), _CurrentStream("stderr")
-        out.addFilter(lambda record: record.levelno < logging.WARNING)
-        err.setLevel(logging.WARNING)
-        for handler in (out, err):
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            logger.addHandler(handler)
+    if any(isinstance(h, _CurrentStream) for h in logger.handlers):
+        return logger
+    out, err = _CurrentStream("stdout"), _CurrentStream("stderr")
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(_Record() if forwarded else logging.Formatter("%(message)s"))
+        if not forwarded:
+            handler.addFilter(_not_a_tick)
+        logger.addHandler(handler)
     return logger
 
 
 def in_ray_worker(fn):
-    """``fn``, configuring the logger first: for the functions Ray runs in its own processes.
+    """``fn``, configuring the logger first (as forwarded records when Ray runs it in a worker
+    process): for the functions Ray runs in its own processes.
 
     Not Ray's ``worker_process_setup_hook``: that gives the whole job a runtime env, and Ray then
     starts a fresh worker for every task instead of using the ones it prestarts (measured: 5 s more
@@ -57,14 +94,35 @@ def in_ray_worker(fn):
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        configure()
+        configure(forwarded=_in_a_ray_worker())
         return fn(*args, **kwargs)
 
     return wrapper
 
 
+def _in_a_ray_worker() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
+
+
 def progress(logger: logging.Logger, tag: str, step: int, steps: int, metrics: dict[str, float]) -> None:
-    logger.info("[%s] step %d/%d: %s", tag, step, steps, fmt(metrics))
+    """An eval's line, ``[tag] step N/M: metrics``; the live display shows its eval metrics."""
+    shown = fmt({k: v for k, v in metrics.items() if k.startswith("eval_")})
+    logger.info("[%s] step %d/%d: %s", tag, step, steps, fmt(metrics),
+                extra={"progress": {"tag": tag, "step": step, "steps": steps, "metrics": shown}})
+
+
+def ticker(logger: logging.Logger, tag: str, steps: int):
+    """``on_step`` for the live display: about 20 ticks over a job's ``steps``, shown as a moving
+    bar and never printed as lines."""
+    every = max(1, steps // 20)
+
+    def tick(step: int) -> None:
+        if step % every == 0:
+            logger.info("[%s] step %d/%d", tag, step, steps,
+                        extra={"progress": {"tag": tag, "step": step, "steps": steps, "metrics": None}})
+
+    return tick
 
 
 def fmt(metrics: dict) -> str:

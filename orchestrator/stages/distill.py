@@ -90,7 +90,7 @@ def distill_train_loop(config: dict) -> None:
 
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=stage.eval_every, evaluate=worker.on_rank0(rank, evaluate_all),
-        on_step=worker.step_logger(logger), on_eval=on_eval,
+        on_step=worker.step_logger(logger, name, stage.steps), on_eval=on_eval,
         start_step=start, optimizer_state=state, **stage.optimization())
 
 

@@ -60,7 +60,7 @@ def source_train_loop(config: dict) -> None:
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=stage.eval_every,
         evaluate=worker.on_rank0(rank, lambda: evaluate(worker.unwrap(model), data, "validation", encoder)),
-        on_step=worker.step_logger(logger), on_eval=on_eval,
+        on_step=worker.step_logger(logger, f"source:{data.name}", stage.steps), on_eval=on_eval,
         start_step=start, optimizer_state=state, **stage.optimization())
 
 

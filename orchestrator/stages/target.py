@@ -30,7 +30,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from .. import registry, report
-from ..logs import in_ray_worker, progress
+from ..logs import in_ray_worker, progress, ticker
 from ..data import few_shot
 from ..method import models
 from ..method.distill import SharedPrompt, Teacher
@@ -98,9 +98,16 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, starts: dict[int
             with autocast(device):
                 return task_loss(model, batch, spec.model.task_type)
 
+        tag = f"target:{task}:{method}:{trial_id}"
+        tick = ticker(log, tag, stage.steps)
+
+        def on_step(step: int, loss: float) -> None:
+            run.metric(step, "train_loss", loss)
+            tick(step)
+
         def on_eval(step: int, metrics: dict[str, float], state: dict) -> None:
             run.log_metrics(step, metrics)
-            progress(log, f"target:{task}:{method}:{trial_id}", step, stage.steps, metrics)
+            progress(log, tag, step, stage.steps, metrics)
             with tempfile.TemporaryDirectory() as tmp:
                 save_trial_model(model, method, Path(tmp))
                 # When the scheduler stops this trial, tune.report does not return: TrialRunCloser ends the run.
@@ -111,7 +118,7 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, starts: dict[int
         fit(model, loss_fn, steps=stage.steps, lr=float(config.get("lr", stage.lr)), head_lr=float(config["head_lr"]),
             weight_decay=float(config["weight_decay"]), eval_every=stage.eval_every,
             evaluate=lambda: evaluate(model, data, "validation", encoder, task_id),
-            on_step=lambda s, v: run.metric(s, "train_loss", v), on_eval=on_eval, **stage.optimization())
+            on_step=on_step, on_eval=on_eval, **stage.optimization())
 
 
 class TrialRunCloser(tune.Callback):

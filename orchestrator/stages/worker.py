@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..ddp import NodeBoundTorchConfig
+from ..logs import ticker
 from ..spec import Resources
 from ..tracking import NODE_TAG, RunLogger, node_name
 from .context import PipelineContext
@@ -94,9 +95,18 @@ def fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, key: s
     return trainer.fit()
 
 
-def step_logger(logger: RunLogger | None):
-    """``on_step`` for a Train worker: rank 0 buffers each step's loss, other ranks log nothing."""
-    return (lambda step, loss: logger.metric(step, "train_loss", loss)) if logger else (lambda step, loss: None)
+def step_logger(logger: RunLogger | None, tag: str, steps: int):
+    """``on_step`` for a Train worker: rank 0 buffers each step's loss and ticks the live display,
+    other ranks do neither."""
+    if logger is None:
+        return lambda step, loss: None
+    tick = ticker(log, tag, steps)
+
+    def on_step(step: int, loss: float) -> None:
+        logger.metric(step, "train_loss", loss)
+        tick(step)
+
+    return on_step
 
 
 def on_rank0(rank: int, evaluate_fn):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +79,11 @@ def running(client: MlflowClient, stage: str) -> list:
                               f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'RUNNING'")
 
 
-def test_a_killed_pipeline_resumes_where_it_stopped(store):
+@pytest.fixture(scope="module")
+def resumed(store):
+    """A pipeline killed mid-distillation, then the same command again, run to the end as a user
+    runs it (its own Ray, no --verbose): the killed parent run, the distillation's last logged step
+    before the kill, and the second run's completed process."""
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
 
     def distill_checkpointed() -> bool:
@@ -94,9 +99,15 @@ def test_a_killed_pipeline_resumes_where_it_stopped(store):
                                  "tags.`mpt.driver` LIKE '%'")
     interrupted_step = max(m.step for m in client.get_metric_history(
         client.search_runs([experiment.experiment_id], f"tags.`{STAGE_TAG}` = 'distill'")[0].info.run_id, "eval_mean"))
-
     again = subprocess.run(command(store), cwd=store, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    return dead, interrupted_step, again
+
+
+def test_a_killed_pipeline_resumes_where_it_stopped(store, resumed):
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    experiment = client.get_experiment_by_name("mpt-smoke")
+    dead, interrupted_step, again = resumed
     assert f"run {dead.info.run_id} was left RUNNING by a pipeline that died; marked KILLED" in again.stdout
     assert "reused 2 stage(s) from earlier runs: source:nli, source:sentiment" in again.stdout
 
@@ -112,6 +123,27 @@ def test_a_killed_pipeline_resumes_where_it_stopped(store):
     assert 10 <= resumed.value <= interrupted_step < DISTILL_STEPS  # the last checkpoint, not step 0
     first_eval = min(m.step for m in client.get_metric_history(new_distill.info.run_id, "eval_mean"))
     assert first_eval > resumed.value  # no step before the checkpoint was trained again
+
+
+def test_the_terminal_shows_the_projects_lines_and_the_log_file_the_rest(store, resumed):
+    _, _, again = resumed
+    terminal = again.stdout + again.stderr
+    # progress of every stage that ran, then the results
+    assert re.search(r"^\[distill\] step \d+/80: .*eval_mean=", again.stdout, re.M), terminal[-3000:]
+    assert re.search(r"^\[target:review_polarity:mpt:\w+\] step 12/12: .*eval_accuracy=", again.stdout, re.M)
+    assert "All target trials:" in again.stdout and "MPT minus each method on test" in again.stdout
+    # and none of Ray's, Ray Train's or Tune's own output
+    for noise in ("(raylet)", "PYTHON worker processes", "Trial status", "Configuration for experiment", "╭",
+                  "Checkpoint successfully created", "tensorboard", "Token authentication", "pid="):
+        assert noise not in terminal, noise
+    (line,) = [line for line in again.stdout.splitlines() if "Tune's and the libraries' output:" in line]
+    log_file = Path(line.split("output: ")[1].split(" (--verbose")[0])
+    kept = log_file.read_text()
+    assert log_file.parent == store / "ray_results" / "logs"
+    assert "Checkpoint successfully created" in kept and "(RayTrainWorker pid=" in kept
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    parent = client.get_run(re.search(r"MLflow parent run (\w+)", again.stdout).group(1))
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "logs")] == [f"logs/{log_file.name}"]
 
 
 def saved_trials(sweep_dir: Path) -> list[dict]:
