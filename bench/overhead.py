@@ -117,7 +117,7 @@ def distill_parts(spec, model_dir, encoder, datas, teachers, world: int):
 
 def plain_loop(spec, trials: list[dict], scope: str, saved: Path) -> dict:
     """The spec's work in this process, trained models saved under ``saved``; ``scope`` stops after the
-    sources ("sources") or runs only the MPT trials ("mpt") when the parts asked for need no more."""
+    sources ("sources") or after the MPT trials ("mpt") when the parts asked for need no more."""
     import dataclasses
 
     import torch
@@ -143,8 +143,8 @@ def plain_loop(spec, trials: list[dict], scope: str, saved: Path) -> dict:
         model = models.prompt_tuning_model(models.load_base_model(model_dir, task_type, data.num_labels, spec.seed),
                                            task_type, l)
         streams = [batch_stream(data.train, stage.batch_size, spec.seed, r, world) for r in range(world)]
-        metrics = fit(model, lambda step: rank_mean(lambda r: task_loss(model, encoder(next(streams[r]), data.label_words),
-                                                                       task_type), world),
+        metrics = fit(model, lambda step: rank_mean(
+                          lambda r: task_loss(model, encoder(next(streams[r]), data.label_words), task_type), world),
                       steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
                       eval_every=stage.eval_every, evaluate=lambda: evaluate(model, data, "validation", encoder),
                       on_step=clock.on_step, **stage.optimization())
@@ -192,6 +192,8 @@ def plain_loop(spec, trials: list[dict], scope: str, saved: Path) -> dict:
             save_trial_model(model, method, saved / f"{task}-{i}")
             result["units"].append(clock.done(metrics[f"eval_{data.metric}"], saved=str(saved / f"{task}-{i}")))
         progress(f"plain loop: target {task} trials done")
+    if scope == "mpt":
+        return result
 
     # report.select_best's rule (per method family and budget, the configuration with the best validation
     # mean over seeds), restated: importing orchestrator.report would load MLflow into this process
@@ -254,7 +256,8 @@ def full_grid(spec) -> list[dict]:
         for methods in (["mpt"], t.baseline_methods(spec.sources)):
             if methods:
                 space = t.search_space.tune_space(methods, t.defaults(), spec.seed_list(), shots)
-                trials += [SearchSpace.trial_settings(c) for _ in range(t.num_samples) for _, c in generate_variants(space)]
+                trials += [SearchSpace.trial_settings(config)
+                           for _ in range(t.num_samples) for _, config in generate_variants(space)]
     return trials
 
 
