@@ -115,9 +115,11 @@ def distill_parts(spec, model_dir, encoder, datas, teachers, world: int):
     return student, slices, loss_fn, evaluate_all
 
 
-def plain_loop(spec, trials: list[dict], scope: str, saved: Path) -> dict:
+def plain_loop(spec, trials: list[dict], scope: str, saved: Path, matched: bool) -> dict:
     """The spec's work in this process, trained models saved under ``saved``; ``scope`` stops after the
-    sources ("sources") or after the MPT trials ("mpt") when the parts asked for need no more."""
+    sources ("sources") or after the MPT trials ("mpt") when the parts asked for need no more.
+    ``matched``: each stage at the torch threads a Ray worker of its CPUs gets (P2); otherwise torch's
+    default, every CPU, as a plain script runs (P1)."""
     import dataclasses
 
     import torch
@@ -135,7 +137,8 @@ def plain_loop(spec, trials: list[dict], scope: str, saved: Path) -> dict:
     encoder = Encoder(models.load_tokenizer(model_dir), task_type, spec.model.max_length, spec.model.max_target_length)
 
     stage = spec.source
-    torch.set_num_threads(threads_for(stage.resources))
+    threads = (lambda stage: torch.set_num_threads(threads_for(stage.resources))) if matched else (lambda stage: None)
+    threads(stage)
     world, teachers = stage.resources.num_workers, {}
     for task in spec.sources:
         clock = Clock("source", task)
@@ -155,7 +158,7 @@ def plain_loop(spec, trials: list[dict], scope: str, saved: Path) -> dict:
         return result
 
     stage = spec.distill
-    torch.set_num_threads(threads_for(stage.resources))
+    threads(stage)
     clock = Clock("distill", "+".join(spec.sources))
     datas = [load_task(spec.task(t), spec.seed) for t in spec.sources]
     student, slices, loss_fn, evaluate_all = distill_parts(spec, model_dir, encoder, datas,
@@ -169,7 +172,7 @@ def plain_loop(spec, trials: list[dict], scope: str, saved: Path) -> dict:
     progress("plain loop: distillation done")
 
     stage = spec.target
-    torch.set_num_threads(threads_for(stage.resources))
+    threads(stage)
     for task in spec.targets:
         for i, s in enumerate(t for t in trials if scope == "full" or t["method"] == "mpt"):
             method, seed, task_id = s["method"], int(s["seed"]), task_id_of(s["method"])
@@ -247,17 +250,17 @@ def child_env() -> dict:
 
 
 def full_grid(spec) -> list[dict]:
-    """Every trial Tune runs for one target: each sweep's param space (SearchSpace.tune_space) expanded
-    by Tune's own variant generator, num_samples times; random domains are sampled afresh here."""
+    """Every trial Tune runs for one target: each sweep's param space (SearchSpace.tune_space, which
+    draws the random domains as the target stage does) expanded by Tune's own variant generator."""
     from ray.tune.search.variant_generator import generate_variants
 
     t, trials = spec.target, []
     for shots in t.budgets():
         for methods in (["mpt"], t.baseline_methods(spec.sources)):
             if methods:
-                space = t.search_space.tune_space(methods, t.defaults(), spec.seed_list(), shots)
-                trials += [SearchSpace.trial_settings(config)
-                           for _ in range(t.num_samples) for _, config in generate_variants(space)]
+                space = t.search_space.tune_space(methods, t.defaults(), spec.seed_list(), shots, t.num_samples,
+                                                  spec.seed)
+                trials += [SearchSpace.trial_settings(config) for _, config in generate_variants(space)]
     return trials
 
 
@@ -386,7 +389,7 @@ def print_p4(spec, plain: list[dict], orch: list[dict], note: str) -> None:
                  "best validation (orchestrator)", "its configuration", "best validation (full grid)",
                  "its configuration"], rows))
     print("\nValidation: the configuration's mean over seeds of each trial's last eval (a stopped trial's last), "
-          "as the pipeline chooses. Random search domains are sampled separately by Tune and by this script.")
+          "as the pipeline chooses.")
 
 
 def main() -> None:
@@ -402,6 +405,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["plain", "distill-memory"], help=argparse.SUPPRESS)
     parser.add_argument("--scope", default="full", help=argparse.SUPPRESS)
     parser.add_argument("--trials", help=argparse.SUPPRESS)
+    parser.add_argument("--matched-threads", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -409,7 +413,7 @@ def main() -> None:
     if args.worker == "plain":
         saved = Path(args.result).with_suffix("")
         saved.mkdir()
-        result = plain_loop(spec, json.loads(Path(args.trials).read_text()), args.scope, saved)
+        result = plain_loop(spec, json.loads(Path(args.trials).read_text()), args.scope, saved, args.matched_threads)
     elif args.worker == "distill-memory":
         result = distill_memory(spec, args.k, args.p3_steps)
     if args.worker:
@@ -440,12 +444,17 @@ def benchmark(args, spec, parts: set[str], workdir: Path) -> None:
           f"{f', files in {workdir}' if args.out else ''}")
     p4_main = "P4" in parts and not args.p4_set and spec.target.scheduler.type == "asha"
     if parts & {"P1", "P2"} or p4_main:
-        scope = "full" if "P1" in parts else "mpt" if p4_main else "sources"
         (workdir / "trials.json").write_text(json.dumps(full_grid(spec)))
-        progress(f"plain loop ({scope})")
-        p_start, p_end, plain = worker(args, args.sets, workdir, "--worker", "plain", "--scope", scope,
-                                       "--trials", str(workdir / "trials.json"))
-        progress(f"plain loop done in {p_end - p_start:.1f} s")
+        if parts & {"P1"} or p4_main:
+            scope = "full" if "P1" in parts else "mpt"
+            progress(f"plain loop ({scope}, torch's default threads)")
+            p_start, p_end, plain = worker(args, args.sets, workdir, "--worker", "plain", "--scope", scope,
+                                           "--trials", str(workdir / "trials.json"))
+            progress(f"plain loop done in {p_end - p_start:.1f} s")
+        if "P2" in parts:
+            progress("plain loop (sources, each at its Ray worker's threads)")
+            *_, matched = worker(args, args.sets, workdir, "--worker", "plain", "--scope", "sources",
+                                 "--trials", str(workdir / "trials.json"), "--matched-threads")
         o_start, o_end, uri = run_orchestrator(args.spec, args.sets, workdir / "orchestrator")
         orch, parent_end = read_orchestrator(uri, spec)
 
@@ -473,7 +482,7 @@ def benchmark(args, spec, parts: set[str], workdir: Path) -> None:
         threads = threads_for(spec.source.resources)
         print(f"\n## P2: source training steps per second ({threads} torch thread(s) in both)\n")
         rows = []
-        for u in (u for u in plain["units"] if u["stage"] == "source"):
+        for u in (u for u in matched["units"] if u["stage"] == "source"):
             o = next(o for o in orch if o["stage"] == "source" and o["task"] == u["task"])
             at_once = sum(p["first"] < o["last"] and o["first"] < p["last"] for p in orch if p["stage"] == "source")
             rows.append([u["task"], steps_per_s(u), steps_per_s(o), steps_per_s(o) / steps_per_s(u), at_once,
@@ -484,7 +493,8 @@ def benchmark(args, spec, parts: set[str], workdir: Path) -> None:
         print(f"\nsteps/s: (last step - first step) / (time of last - first train_loss), the eval passes between "
               f"included in both (and the orchestrator's checkpoint reports). Threads: Ray gives a worker of "
               f"{spec.source.resources.cpus_per_worker:g} CPU OMP_NUM_THREADS={threads}; the plain loop sets "
-              f"torch.set_num_threads({threads}) (its default here: {plain['threads_default']}).")
+              f"torch.set_num_threads({threads}) (its default here, which P1's plain loop keeps: "
+              f"{matched['threads_default']}).")
 
     if "P3" in parts:
         print(f"\n## P3: distillation peak memory ({args.p3_steps} steps, one worker process)\n")

@@ -348,11 +348,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _set_local_ray_loopback(args.address)
     import ray
 
+    from .console import Console
+
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already be connected
     if owns_ray:
         ray.init(address=args.address, logging_level="WARNING")
     try:
-        predict.run_job(job)
+        with Console(None):  # the replicas' lines shown as the driver's; Ray's own output as Ray prints it
+            predict.run_job(job)
     finally:
         if owns_ray:
             ray.shutdown()

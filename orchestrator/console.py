@@ -10,6 +10,7 @@ as Ray would. Errors are never hidden: a failed stage's cause reaches the driver
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import threading
@@ -30,11 +31,12 @@ log = logging.getLogger(NAME)
 
 
 class Console:
-    """A context manager: open it after ``ray.init`` or before (it hooks Ray when it connects)."""
+    """A context manager: open it after ``ray.init`` or before (it hooks Ray when it connects).
+    Without ``log_path`` Ray's own output stays on the terminal (as with ``verbose``)."""
 
-    def __init__(self, log_path: Path, verbose: bool = False, live: bool | None = None):
+    def __init__(self, log_path: Path | None, verbose: bool = False, live: bool | None = None):
         self.log_path = log_path
-        self.verbose = verbose
+        self.verbose = verbose or log_path is None
         # the live display only on a terminal; captured output (CI, a test, a job's log) gets lines
         self.live = (sys.stdout.isatty() and not verbose) if live is None else live
         self._lock = threading.Lock()
@@ -44,8 +46,11 @@ class Console:
         self._library_handlers: dict[str, tuple[list[logging.Handler], bool]] = {}
 
     def __enter__(self) -> Console:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.log_path, "a", encoding="utf-8", buffering=1)
+        if self.log_path is None:
+            self._file = io.StringIO()  # nowhere: the terminal has it all
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.log_path, "a", encoding="utf-8", buffering=1)
         self._file_handler = logging.StreamHandler(self._file)
         self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         if not self.verbose:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import random
 from typing import Any
 
 from pydantic import Field, RootModel, field_validator
@@ -12,6 +13,7 @@ from pydantic import Field, RootModel, field_validator
 TUNABLE = ("rank", "lr", "head_lr", "batch_size", "weight_decay")
 
 BASELINE_KEY = "baseline"  # a multi-method sweep's grid over methods: one dict of settings per method
+SAMPLE_KEY = "sample"  # a sweep's grid over its draws of the random domains, shared by seeds and methods
 # Methods that train MPT's target model (P* times u v^T of a searched rank), differing only in where P* comes from.
 MPT_MODELS = ("mpt", "no_distill", "joint_multitask")
 
@@ -69,28 +71,42 @@ class SearchSpace(RootModel[dict[str, Any]]):
 
         return num_samples * seeds * sum(grid_points(m) for m in methods)
 
-    def tune_space(self, methods: list[str], defaults: dict[str, Any], seeds: list[int],
-                   shots: int | str) -> dict[str, Any]:
+    def tune_space(self, methods: list[str], defaults: dict[str, Any], seeds: list[int], shots: int | str,
+                   num_samples: int = 1, draw_seed: int = 0) -> dict[str, Any]:
         """Tune's param space for one sweep over ``methods`` at one training-set budget (``shots``);
-        ``defaults`` fill the keys not searched, and every configuration runs once per seed.
+        ``defaults`` fill the keys not searched, and every configuration runs once per seed. Run it
+        with Tune's own ``num_samples`` at 1: the space holds the samples.
 
-        Several methods make one grid over methods (``BASELINE_KEY``), each with its own settings,
-        so that a setting a method does not take is not searched for it.
+        The random domains (choice, uniform, loguniform) are drawn here, ``num_samples`` times from
+        ``draw_seed``, and enter as a grid over those draws (``SAMPLE_KEY``): Tune would draw them
+        afresh for every trial, so each seed of a "configuration" would train another one, and the
+        baselines sweep other values than MPT's. Several methods make one grid over methods
+        (``BASELINE_KEY``), each with its own settings, so that a setting a method does not take is
+        not searched for it.
         """
         from ray import tune
 
-        space = {**defaults, **{k: _tune_domain(v) for k, v in self.root.items()}}
-        fixed = {"seed": tune.grid_search(seeds), "shots": shots}
+        drawn = [k for k, v in self.root.items() if _is_random(v)]
+        rng = random.Random(draw_seed)
+        draws = [{k: _draw(self.root[k], rng) for k in drawn} for _ in range(num_samples)]
+        space = {**{k: v for k, v in defaults.items() if k not in drawn},
+                 **{k: _tune_domain(v) for k, v in self.root.items() if k not in drawn}}
+        fixed = {"seed": tune.grid_search(seeds), "shots": shots, SAMPLE_KEY: tune.grid_search(draws)}
         if len(methods) == 1:
-            return {**{k: space[k] for k in self.method_keys(methods[0])}, "method": methods[0], **fixed}
-        common = [k for k in TUNABLE if all(k in self.method_keys(m) for m in methods)]
-        variants = [{"method": m, **{k: space[k] for k in self.method_keys(m) if k not in common}} for m in methods]
+            return {**{k: space[k] for k in self.method_keys(methods[0]) if k in space}, "method": methods[0], **fixed}
+        common = [k for k in TUNABLE if k in space and all(k in self.method_keys(m) for m in methods)]
+        variants = [{"method": m, **{k: space[k] for k in self.method_keys(m) if k in space and k not in common}}
+                    for m in methods]
         return {**{k: space[k] for k in common}, BASELINE_KEY: tune.grid_search(variants), **fixed}
 
-    @staticmethod
-    def trial_settings(config: dict[str, Any]) -> dict[str, Any]:
-        """A trial's config with its method's settings (if any) merged in: method, lr, head_lr, seed, ..."""
-        return {**{k: v for k, v in config.items() if k != BASELINE_KEY}, **config.get(BASELINE_KEY, {})}
+    @classmethod
+    def trial_settings(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """A trial's config with its method's settings and its draw of the random domains merged
+        in: method, rank, lr, head_lr, seed, ..."""
+        settings = {**{k: v for k, v in config.items() if k not in (BASELINE_KEY, SAMPLE_KEY)},
+                    **config.get(BASELINE_KEY, {})}
+        keys = cls.method_keys(settings.get("method", ""))
+        return {**settings, **{k: v for k, v in config.get(SAMPLE_KEY, {}).items() if k in keys}}
 
     @staticmethod
     def configuration(settings: dict[str, Any]) -> str:
@@ -120,13 +136,25 @@ def _domain_values(dom: Any) -> list[Any]:
     return [dom]
 
 
+def _is_random(domain: Any) -> bool:
+    return isinstance(domain, dict) and next(iter(domain)) in ("choice", "uniform", "loguniform")
+
+
+def _draw(domain: dict[str, Any], rng: random.Random) -> Any:
+    """One value of a random domain, as Tune's choice, uniform and loguniform draw it."""
+    ((kind, arg),) = domain.items()
+    if kind == "choice":
+        return rng.choice(arg)
+    if kind == "uniform":
+        return rng.uniform(*arg)
+    return math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1])))
+
+
 def _tune_domain(domain: Any) -> Any:
-    """A domain ({grid: [...]}, {loguniform: [lo, hi]}, ..., or a constant) as a Tune domain."""
+    """A grid ({grid: [...]}) as Tune's grid search; a constant as itself (random domains are drawn
+    by ``SearchSpace.tune_space``)."""
     if not isinstance(domain, dict):
         return domain
     from ray import tune  # only the target stage and the tests need Tune: a spec loads without Ray
 
-    ((kind, arg),) = domain.items()
-    if kind in ("grid", "choice"):
-        return {"grid": tune.grid_search, "choice": tune.choice}[kind](arg)
-    return {"uniform": tune.uniform, "loguniform": tune.loguniform}[kind](*arg)
+    return tune.grid_search(domain["grid"])

@@ -173,7 +173,9 @@ class TargetStage(TrainSpec):
         description=f"Tune search space over {', '.join(TUNABLE)}: a constant, or one of "
         "{grid: [...]}, {choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}.",
     )
-    num_samples: int = Field(1, gt=0, description="Tune samples (each grid point is repeated num_samples times).")
+    num_samples: int = Field(1, gt=0, description="Draws of the random domains (choice, uniform, loguniform), each crossed with the grids and "
+                                        "run at every seed by every method; with grids only, each grid point repeats "
+                                        "num_samples times.")
     max_concurrent_trials: int | None = Field(None, gt=0, description="Cap on trials running at once per target.")
     scheduler: Scheduler = Field(default_factory=Scheduler)
     baselines: list[Literal["head_only", "vanilla_pt", "single_source", "no_distill", "joint_multitask"]] = Field(

@@ -189,7 +189,7 @@ def _sweep(ctx: PipelineContext, task: str, starts: dict[int, Starts], space: di
             # reuse_actors: a new trial starts in a finished trial's process, not paying for a fresh one and
             # the torch/transformers/peft imports again (trials are short: this is a large share of each)
             tune_config=tune.TuneConfig(metric=f"eval_{ctx.spec.task(task).metric}", mode="max",
-                                        num_samples=stage.num_samples, scheduler=scheduler,
+                                        scheduler=scheduler,  # num_samples: 1, the space holds the draws
                                         max_concurrent_trials=stage.max_concurrent_trials, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=ctx.storage, verbose=0,
                                       callbacks=[TrialRunCloser(ctx.tracking, name, stage.steps)]),
@@ -242,11 +242,11 @@ def run_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> li
         log.info("[target:%s] sweep over %s (%s), %d steps per trial, seeds %s%s", task,
                  sorted(stage.search_space.root), sched.type, stage.steps, seeds, budget)
         name = ctx.job_name(f"target:{task}") + ("" if shots == "full" else f"-{shots}shot")
-        space = stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots)
+        space = stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots, stage.num_samples, ctx.spec.seed)
         rows += _rows(ctx, task, _sweep(ctx, task, starts, space, name, asha))
         if baselines:
             log.info("[target:%s] baselines %s%s", task, stage.baselines, budget)
-            space = stage.search_space.tune_space(baselines, stage.defaults(), seeds, shots)
+            space = stage.search_space.tune_space(baselines, stage.defaults(), seeds, shots, stage.num_samples, ctx.spec.seed)
             rows += _rows(ctx, task, _sweep(ctx, task, starts, space, f"{name}-baselines", FIFOScheduler()))
     return rows
 

@@ -118,3 +118,14 @@ def test_the_live_display_tracks_each_job(tmp_path):
             assert (tasks["target:t:mpt:1"].completed, tasks["target:t:mpt:1"].total) == (10, 20)
             assert tasks["target:t:mpt:1"].fields["metrics"] == "eval_accuracy=0.8"
             assert (tasks["source:s"].completed, tasks["source:s"].total) == (2, 40)
+
+
+def test_without_a_log_file_rays_lines_stay_with_ray():
+    configure()
+    record = forwarded(lambda lg: lg.info("[predict] replica ready"))
+    out = io.StringIO()
+    with ray_printer() as printed, contextlib.redirect_stdout(out):
+        with Console(None):
+            dispatcher.emit(batch("Running Dataset", *record))
+    assert out.getvalue() == "[predict] replica ready\n"
+    assert [b["lines"] for b in printed] == [["Running Dataset"]]

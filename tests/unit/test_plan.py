@@ -28,9 +28,10 @@ def noop(config: dict) -> None:
     pass
 
 
-def tune_trials(space: dict, num_samples: int, storage: Path) -> list[dict]:
-    """The trials Tune makes of ``space``: their settings, one dict per trial."""
-    experiment = Experiment(f"plan-{uuid.uuid4().hex[:8]}", noop, config=space, num_samples=num_samples,
+def tune_trials(space: dict, storage: Path) -> list[dict]:
+    """The trials Tune makes of ``space`` (at Tune's num_samples 1, as the target stage runs it: the
+    space holds the samples): their settings, one dict per trial."""
+    experiment = Experiment(f"plan-{uuid.uuid4().hex[:8]}", noop, config=space, num_samples=1,
                             storage_path=str(storage))
     generator = BasicVariantGenerator()
     generator.add_configurations([experiment])
@@ -59,10 +60,10 @@ def what_tune_runs(spec: PipelineSpec, storage: Path) -> tuple[list[dict], list[
     methods = stage.baseline_methods(spec.sources)
     mpt, baselines = [], []
     for shots in stage.budgets():
-        mpt += tune_trials(stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots), stage.num_samples,
+        mpt += tune_trials(stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots, stage.num_samples),
                            storage)
-        baselines += tune_trials(stage.search_space.tune_space(methods, stage.defaults(), seeds, shots),
-                                 stage.num_samples, storage) if methods else []
+        baselines += tune_trials(stage.search_space.tune_space(methods, stage.defaults(), seeds, shots,
+                                                               stage.num_samples), storage) if methods else []
     return mpt, baselines
 
 
@@ -126,3 +127,21 @@ def test_every_configuration_runs_at_every_seed_and_budget(tmp_path):
     assert Counter((t["seed"], t["shots"]) for t in mpt) == {(s, b): 4 for s in (0, 1, 2) for b in (4, 8)}
     assert {t["rank"] for t in baselines if t["method"] == "no_distill"} == {1, 2}
     assert "every configuration at 3 seed(s) [0, 1, 2]" in "\n".join(plan_lines(spec))
+
+
+def test_a_random_configuration_is_drawn_once_and_run_at_every_seed_by_every_method(tmp_path):
+    """Tune draws a random domain afresh for every trial; the stage draws it once per sample, so a
+    configuration's seeds train the same lr, and the baselines get MPT's lrs."""
+    overrides = ["seeds=[0, 1, 2]", "target.num_samples=2", "target.baselines=[vanilla_pt, head_only]",
+                 "target.search_space={rank: {grid: [1, 2]}, lr: {loguniform: [0.01, 0.3]}}"]
+    spec = load_spec(SMOKE, overrides)
+    mpt, baselines = what_tune_runs(spec, tmp_path)
+    seeds_of = Counter(SearchSpace.configuration(t) for t in mpt)
+    assert len(seeds_of) == 2 * 2 and set(seeds_of.values()) == {3}  # rank x draws, each at 3 seeds
+    lrs = {t["lr"] for t in mpt}
+    assert len(lrs) == 2 and all(0.01 <= lr <= 0.3 for lr in lrs)
+    assert {t["lr"] for t in baselines if t["method"] == "vanilla_pt"} == lrs
+    assert Counter(t["method"] for t in baselines) == {"vanilla_pt": 2 * 3, "head_only": 2 * 3}
+    assert all("lr" not in t for t in baselines if t["method"] == "head_only")
+    again, _ = what_tune_runs(load_spec(SMOKE, overrides), tmp_path)
+    assert {t["lr"] for t in again} == lrs  # drawn from the spec's seed: the same on a second run
