@@ -38,7 +38,7 @@ class Console:
         self.log_path = log_path
         self.verbose = verbose or log_path is None
         # the live display only on a terminal; captured output (CI, a test, a job's log) gets lines
-        self.live = (sys.stdout.isatty() and not verbose) if live is None else live
+        self.live = (sys.stdout.isatty() and not self.verbose) if live is None else live
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._bars: dict[str, int] = {}
@@ -123,7 +123,8 @@ class Console:
             if record is None:
                 others.append(line)
                 with self._lock:
-                    self._file.write(f"({source} pid={data.get('pid')}) {line}\n")
+                    if not self._file.closed:  # Ray's listener thread may still hold this printer
+                        self._file.write(f"({source} pid={data.get('pid')}) {line}\n")
             else:
                 self._show(record)
         if self.verbose and others:
