@@ -198,17 +198,11 @@ def plain_loop(spec, trials: list[dict], scope: str, saved: Path, matched: bool)
     if scope == "mpt":
         return result
 
-    # report.select_best's rule (per method family and budget, the configuration with the best validation
-    # mean over seeds), restated: importing orchestrator.report would load MLflow into this process
-    by_config = defaultdict(list)
-    for u in (u for u in result["units"] if u["stage"] == "target"):
-        by_config[(u["task"], u["method"].split(":")[0], u["shots"], u["config"])].append(u)
-    best = {}
-    for (task, family, shots, _), units in by_config.items():
-        score = sum(u["value"] for u in units) / len(units)
-        if best.get((task, family, shots), (-math.inf,))[0] < score:
-            best[(task, family, shots)] = (score, units)
-    for _, units in best.values():
+    trained = [u for u in result["units"] if u["stage"] == "target"]
+    def family(u: dict) -> tuple:  # as select_best groups: target, method family, budget
+        return u["task"], u["method"].split(":")[0], u["shots"]
+
+    for *_, units in best_configurations(trained, family).values():
         for u in units:
             clock = Clock("reload", u["task"], method=u["method"], config=u["config"], seed=u["seed"], shots=u["shots"])
             data = load_task(spec.task(u["task"]), spec.seed)
@@ -365,16 +359,26 @@ def steps_per_s(u: dict) -> float:
     return (u["last_step"] - u["first_step"]) / (u["last"] - u["first"])
 
 
-def best_mpt(units: list[dict]) -> dict[tuple, tuple[float, str]]:
-    """Per target and budget, the MPT configuration with the best validation mean over seeds."""
+def best_configurations(units: list[dict], group) -> dict[tuple, tuple[float, str, list[dict]]]:
+    """Per ``group(unit)``, the configuration with the best validation mean over seeds and its units:
+    report.select_best's rule (first one on a tie), restated because importing orchestrator.report
+    would load MLflow into the plain loop's process."""
     by_config = defaultdict(list)
     for u in units:
-        if u["stage"] == "target" and u["method"] == "mpt" and u["value"] is not None:
-            by_config[(u["task"], u["shots"], u["config"])].append(u["value"])
+        by_config[(group(u), u["config"])].append(u)
     best = {}
-    for (task, shots, config), values in by_config.items():
-        best[(task, shots)] = max(best.get((task, shots), (-math.inf, "")), (sum(values) / len(values), config))
+    for (key, config), same in by_config.items():
+        score = sum(u["value"] for u in same) / len(same)
+        if key not in best or score > best[key][0]:
+            best[key] = (score, config, same)
     return best
+
+
+def best_mpt(units: list[dict]) -> dict[tuple, tuple[float, str]]:
+    """Per target and budget, the MPT configuration with the best validation mean over seeds."""
+    mpt = [u for u in units if u["stage"] == "target" and u["method"] == "mpt" and u["value"] is not None]
+    return {key: (score, config) for key, (score, config, _) in
+            best_configurations(mpt, lambda u: (u["task"], u["shots"])).items()}
 
 
 def print_p4(spec, plain: list[dict], orch: list[dict], note: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console as RichConsole
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .logs import NAME, decode
+from .logs import NAME, decode, is_tick
 
 # Ray has no public hook for the lines it prints: workers' lines go to one named handler of its
 # dispatcher (ray._private.worker.connect), the cluster's warnings and errors to
@@ -135,8 +135,8 @@ class Console:
         if progress is not None and self._progress is not None:
             self._update_bar(progress)
             return
-        if progress is not None and progress.get("metrics") is None:
-            return  # a tick: only a live display shows them
+        if is_tick(progress):
+            return
         log.log(record.get("level", logging.INFO), record.get("msg", ""))
 
     def _update_bar(self, progress: dict) -> None:

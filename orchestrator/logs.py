@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 
 NAME = "orchestrator"
 # Starts a forwarded line that is one of the project's records: ASCII unit separators, which no
@@ -59,9 +60,13 @@ def decode(line: str) -> dict | None:
         return None
 
 
+def is_tick(progress: dict | None) -> bool:
+    """Whether a record's progress (``progress`` or ``ticker``) is a tick, which only a live display shows."""
+    return bool(progress) and progress.get("metrics") is None
+
+
 def _not_a_tick(record: logging.LogRecord) -> bool:
-    progress = getattr(record, "progress", None)
-    return not (progress and progress.get("metrics") is None)
+    return not is_tick(getattr(record, "progress", None))
 
 
 def configure(level: int = logging.INFO, forwarded: bool = False) -> logging.Logger:
@@ -112,12 +117,14 @@ def progress(logger: logging.Logger, tag: str, step: int, steps: int, metrics: d
                 extra={"progress": {"tag": tag, "step": step, "steps": steps, "metrics": shown}})
 
 
-def ticker(logger: logging.Logger, tag: str, steps: int):
-    """``on_step`` for the live display: about 20 ticks over a job's ``steps``, shown as a moving
-    bar and never printed as lines."""
+def ticker(logger: logging.Logger, tag: str, steps: int,
+           record: Callable[[int, float], None] = lambda step, loss: None) -> Callable[[int, float], None]:
+    """``on_step`` that passes each step's loss to ``record`` and ticks the live display about 20
+    times over a job's ``steps`` (a moving bar, never printed as lines)."""
     every = max(1, steps // 20)
 
-    def tick(step: int) -> None:
+    def tick(step: int, loss: float) -> None:
+        record(step, loss)
         if step % every == 0:
             logger.info("[%s] step %d/%d", tag, step, steps,
                         extra={"progress": {"tag": tag, "step": step, "steps": steps, "metrics": None}})

@@ -99,11 +99,7 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, starts: dict[int
                 return task_loss(model, batch, spec.model.task_type)
 
         tag = f"target:{task}:{method}:{trial_id}"
-        tick = ticker(log, tag, stage.steps)
-
-        def on_step(step: int, loss: float) -> None:
-            run.metric(step, "train_loss", loss)
-            tick(step)
+        on_step = ticker(log, tag, stage.steps, lambda step, loss: run.metric(step, "train_loss", loss))
 
         def on_eval(step: int, metrics: dict[str, float], state: dict) -> None:
             run.log_metrics(step, metrics)
@@ -242,11 +238,12 @@ def run_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> li
         log.info("[target:%s] sweep over %s (%s), %d steps per trial, seeds %s%s", task,
                  sorted(stage.search_space.root), sched.type, stage.steps, seeds, budget)
         name = ctx.job_name(f"target:{task}") + ("" if shots == "full" else f"-{shots}shot")
-        space = stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots, stage.num_samples, ctx.spec.seed)
+        draws = {"num_samples": stage.num_samples, "draw_seed": ctx.spec.seed}  # the same draws for both sweeps
+        space = stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots, **draws)
         rows += _rows(ctx, task, _sweep(ctx, task, starts, space, name, asha))
         if baselines:
             log.info("[target:%s] baselines %s%s", task, stage.baselines, budget)
-            space = stage.search_space.tune_space(baselines, stage.defaults(), seeds, shots, stage.num_samples, ctx.spec.seed)
+            space = stage.search_space.tune_space(baselines, stage.defaults(), seeds, shots, **draws)
             rows += _rows(ctx, task, _sweep(ctx, task, starts, space, f"{name}-baselines", FIFOScheduler()))
     return rows
 

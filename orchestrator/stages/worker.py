@@ -100,13 +100,7 @@ def step_logger(logger: RunLogger | None, tag: str, steps: int):
     other ranks do neither."""
     if logger is None:
         return lambda step, loss: None
-    tick = ticker(log, tag, steps)
-
-    def on_step(step: int, loss: float) -> None:
-        logger.metric(step, "train_loss", loss)
-        tick(step)
-
-    return on_step
+    return ticker(log, tag, steps, lambda step, loss: logger.metric(step, "train_loss", loss))
 
 
 def on_rank0(rank: int, evaluate_fn):

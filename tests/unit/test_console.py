@@ -38,7 +38,7 @@ def forwarded(*calls) -> list[str]:
 def test_a_workers_lines_are_marked_records_ticks_included():
     lines = forwarded(lambda lg: lg.info("[source:x] training"),
                       lambda lg: progress(lg, "source:x", 5, 10, {"train_loss_avg": 0.5, "eval_accuracy": 0.75}),
-                      lambda lg: ticker(lg, "source:x", 10)(3),
+                      lambda lg: ticker(lg, "source:x", 10)(3, 0.5),
                       lambda lg: lg.error("it broke"))
     assert all(line.startswith(MARK) for line in lines)
     records = [decode(line) for line in lines]
@@ -53,7 +53,7 @@ def test_ticks_are_not_printed_as_lines():
     configure()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        ticker(logging.getLogger("orchestrator.stage"), "source:nli", 4)(2)
+        ticker(logging.getLogger("orchestrator.stage"), "source:nli", 4)(2, 0.5)
     assert out.getvalue() == ""
 
 
@@ -76,7 +76,7 @@ def test_ray_output_goes_to_the_file_and_the_projects_lines_to_the_terminal(tmp_
     configure()
     log_file = tmp_path / "logs" / "run.log"
     record = forwarded(lambda lg: progress(lg, "source:x", 6, 12, {"eval_accuracy": 0.5}),
-                       lambda lg: ticker(lg, "source:x", 12)(1))
+                       lambda lg: ticker(lg, "source:x", 12)(1, 0.5))
     out, err = io.StringIO(), io.StringIO()
     with ray_printer() as printed, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         with Console(log_file, live=False):
@@ -108,9 +108,9 @@ def test_verbose_shows_rays_lines_too(tmp_path):
 
 def test_the_live_display_tracks_each_job(tmp_path):
     configure()
-    records = forwarded(lambda lg: ticker(lg, "target:t:mpt:1", 20)(5),
+    records = forwarded(lambda lg: ticker(lg, "target:t:mpt:1", 20)(5, 0.5),
                         lambda lg: progress(lg, "target:t:mpt:1", 10, 20, {"eval_accuracy": 0.8}),
-                        lambda lg: ticker(lg, "source:s", 40)(2))
+                        lambda lg: ticker(lg, "source:s", 40)(2, 0.5))
     with ray_printer(), contextlib.redirect_stdout(io.StringIO()):
         with Console(tmp_path / "run.log", live=True) as console:
             dispatcher.emit(batch(*records))
