@@ -168,27 +168,31 @@ def predict_texts(model: torch.nn.Module, texts: Sequence[tuple[str, ...]], enco
     model.eval()
     device = next(model.parameters()).device
     index = {w.strip().lower(): i for i, w in enumerate(label_words)}
-    out = Predictions([], [])
-    probs = []
-    for i in range(0, len(texts), batch_size):
-        batch = to_device(encoder.inputs(texts[i:i + batch_size], task_id), device)
+    # Batches of texts of similar length pad less (0.75-1.04x the time on the demo's validation sets,
+    # where evaluating costs about as much as training). Results go back in input order.
+    order = sorted(range(len(texts)), key=lambda i: sum(map(len, texts[i])))
+    ids, words, probs = [], [], []
+    for i in range(0, len(order), batch_size):
+        batch = to_device(encoder.inputs([texts[j] for j in order[i:i + batch_size]], task_id), device)
         with autocast(device):
             if encoder.task_type == "SEQ_CLS":
                 logits = model(**batch).logits.float()
                 if label_slice is not None:
                     logits = logits[:, label_slice]
-                out.ids.extend(logits.argmax(-1).tolist())
+                ids.extend(logits.argmax(-1).tolist())
                 if probabilities:
                     probs.append(logits.softmax(-1).cpu())
             else:
                 generated = model.generate(**batch, max_new_tokens=encoder.max_target_length, do_sample=False,
                                            num_beams=1)
                 decoded = encoder.tokenizer.batch_decode(generated, skip_special_tokens=True)
-                out.texts.extend(decoded)
-                out.ids.extend(index.get(t.strip().lower(), -1) for t in decoded)
+                words.extend(decoded)
+                ids.extend(index.get(t.strip().lower(), -1) for t in decoded)
     model.train(was_training)
+    position = sorted(range(len(order)), key=order.__getitem__)  # input index -> place in the sorted order
+    out = Predictions([ids[k] for k in position], [words[k] for k in position] if words else [])
     if probs:
-        out.probs = torch.cat(probs)
+        out.probs = torch.cat(probs)[position]
     return out
 
 
