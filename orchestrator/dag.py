@@ -63,13 +63,15 @@ def report_node(ctx: PipelineContext, parent_run_id: str, *target_rows: list[dic
     return table
 
 
-def train_job_env() -> dict:
-    """The runtime env of the nodes that start Ray Train jobs.
+def node_env() -> dict:
+    """The runtime env of every node of the graph.
 
     More jobs than CPUs is normal (sources queue for their turn), so Ray Train's default 60 s wait for
     a worker group, which fails and retries noisily, is lifted. And Ray Train's helper actors call
     ``ray.init()`` without an address: with a second Ray on the machine that fails ("multiple active
-    Ray instances"), so they are told which cluster is theirs.
+    Ray instances"), so they are told which cluster is theirs. The nodes that start no Train job get
+    it too: Ray reuses an idle worker process only for the same runtime env, and a fresh one spends
+    about 15 s of CPU importing torch, transformers, peft and mlflow before the node can start.
     """
     return {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(7 * 24 * 3600),
                          "RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
@@ -81,14 +83,14 @@ def seed_branch(ctx: PipelineContext, env: dict):
     teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in ctx.spec.sources]
     shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
     joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in ctx.spec.target.baselines else None
-    return starts_node.remote(ctx.spec.seed, shared, joint, *teachers)
+    return starts_node.options(runtime_env=env).remote(ctx.spec.seed, shared, joint, *teachers)
 
 
 def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     spec = ctx.spec
-    env = train_job_env()
+    env = node_env()
     # seed_scope pipeline: one branch per seed, each seed's trials starting from its own shared prompt
     seeds = spec.seed_list() if spec.seed_scope == "pipeline" else [spec.seed]
     starts = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env) for s in seeds]
-    targets = [target_node.remote(ctx, task, *starts) for task in spec.targets]
-    return ray.get(report_node.remote(ctx, ctx.tracking.parent_run_id, *targets))
+    targets = [target_node.options(runtime_env=env).remote(ctx, task, *starts) for task in spec.targets]
+    return ray.get(report_node.options(runtime_env=env).remote(ctx, ctx.tracking.parent_run_id, *targets))

@@ -8,7 +8,7 @@ prints nothing, so ``plan``/``run``/``validate`` can report every problem at onc
   GPU: gpus_per_worker}``; each bundle must fit on one node, and the cluster must hold
   ``num_workers`` of them at once. A Tune trial (``target``) asks for one such bundle. A request
   that fits nowhere does not fail in Ray: it stays PENDING forever (the DAG waits a week for a
-  worker group, ``dag.train_job_env``). Ray Train's controller asks for no CPU and is ignored.
+  worker group, ``dag.node_env``). Ray Train's controller asks for no CPU and is ignored.
 - :func:`tracking_issues`: the tracking store answers (an MLflow server: one
   ``experiments/search`` call, 5 s timeout, no retries) or can be created (SQLite: its directory
   is writable). Credentials in the URI never appear in an issue.
