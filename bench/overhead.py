@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from orchestrator.search import SearchSpace
+from orchestrator.search import SearchSpace, best_configurations
 from orchestrator.spec_loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def plain_loop(spec, trials: list[dict], scope: str, saved: Path, matched: bool)
     def family(u: dict) -> tuple:  # as select_best groups: target, method family, budget
         return u["task"], u["method"].split(":")[0], u["shots"]
 
-    for *_, units in best_configurations(trained, family).values():
+    for _, units in best_configurations(trained, family).values():
         for u in units:
             clock = Clock("reload", u["task"], method=u["method"], config=u["config"], seed=u["seed"], shots=u["shots"])
             data = load_task(spec.task(u["task"]), spec.seed)
@@ -359,25 +359,10 @@ def steps_per_s(u: dict) -> float:
     return (u["last_step"] - u["first_step"]) / (u["last"] - u["first"])
 
 
-def best_configurations(units: list[dict], group) -> dict[tuple, tuple[float, str, list[dict]]]:
-    """Per ``group(unit)``, the configuration with the best validation mean over seeds and its units:
-    report.select_best's rule (first one on a tie), restated because importing orchestrator.report
-    would load MLflow into the plain loop's process."""
-    by_config = defaultdict(list)
-    for u in units:
-        by_config[(group(u), u["config"])].append(u)
-    best = {}
-    for (key, config), same in by_config.items():
-        score = sum(u["value"] for u in same) / len(same)
-        if key not in best or score > best[key][0]:
-            best[key] = (score, config, same)
-    return best
-
-
 def best_mpt(units: list[dict]) -> dict[tuple, tuple[float, str]]:
     """Per target and budget, the MPT configuration with the best validation mean over seeds."""
     mpt = [u for u in units if u["stage"] == "target" and u["method"] == "mpt" and u["value"] is not None]
-    return {key: (score, config) for key, (score, config, _) in
+    return {key: (score, same[0]["config"]) for key, (score, same) in
             best_configurations(mpt, lambda u: (u["task"], u["shots"])).items()}
 
 

@@ -4,11 +4,11 @@ budget and method on validation averaged over seeds."""
 from __future__ import annotations
 
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 
+from .search import best_configurations
 from .tracking import RunLogger
 
 TABLE_COLUMNS = ["task", "shots", "method", "seed", "config", "rank", "lr", "head_lr", "batch_size", "metric", "value",
@@ -27,16 +27,9 @@ def select_best(rows: list[dict]) -> list[dict]:
 
     A trial ASHA stopped counts with its last reported value, and is scored at its last checkpoint.
     """
-    configs: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        if row["status"] == "failed" or row.get("checkpoint") is None or row["value"] is None:
-            continue
-        configs[(family(row["method"]), str(row.get("shots")), row.get("config"))].append(row)
-    best: dict[tuple, tuple[float, list[dict]]] = {}
-    for (fam, shots, _), trials in configs.items():
-        score = sum(r["value"] for r in trials) / len(trials)
-        if (fam, shots) not in best or score > best[(fam, shots)][0]:
-            best[(fam, shots)] = (score, trials)
+    kept = [row for row in rows
+            if row["status"] != "failed" and row.get("checkpoint") is not None and row["value"] is not None]
+    best = best_configurations(kept, lambda row: (family(row["method"]), str(row.get("shots"))))
     return [row for _, trials in best.values() for row in trials]
 
 

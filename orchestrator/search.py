@@ -6,6 +6,8 @@ from __future__ import annotations
 import difflib
 import math
 import random
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, RootModel, field_validator
@@ -112,6 +114,20 @@ class SearchSpace(RootModel[dict[str, Any]]):
     def configuration(settings: dict[str, Any]) -> str:
         """What one configuration's trials share across seeds (method and searched values), as a key."""
         return ",".join(f"{k}={settings[k]}" for k in ("method", *TUNABLE) if settings.get(k) not in (None, ""))
+
+
+def best_configurations(trials: list[dict], group: Callable[[dict], Any]) -> dict[Any, tuple[float, list[dict]]]:
+    """Per ``group(trial)``, the configuration (a trial's ``config``) whose trials have the best
+    ``value`` averaged over seeds: that mean and those trials, the first configuration on a tie."""
+    configs: dict[tuple, list[dict]] = defaultdict(list)
+    for trial in trials:
+        configs[(group(trial), trial.get("config"))].append(trial)
+    best: dict[Any, tuple[float, list[dict]]] = {}
+    for (key, _), same in configs.items():
+        score = sum(t["value"] for t in same) / len(same)
+        if key not in best or score > best[key][0]:
+            best[key] = (score, same)
+    return best
 
 
 def _domain_values(dom: Any) -> list[Any]:
