@@ -246,11 +246,12 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
     parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
                               {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
     parent.log_artifact(_spec_file(spec, run_tag), "spec")
+    local_ray = _starts_local_ray(spec.cluster.address)
     if not ray.is_initialized():
         # A local Ray without its dashboard: its ten or so processes cost a 2-CPU laptop about 10 s at
         # start-up (bench/overhead.py); a cluster started with `ray start --head` keeps its own.
         ray.init(address=spec.cluster.address, logging_level="WARNING",
-                 **({"include_dashboard": False} if _starts_local_ray(spec.cluster.address) else {}))
+                 **({"include_dashboard": False} if local_ray else {}))
     console.hook_ray()
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
                           spec.storage(), run_tag, cache.fingerprints(spec),
@@ -260,7 +261,7 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
              "[pipeline] Ray's, Tune's and the libraries' output: %s%s", spec.name, run_tag, len(spec.sources),
              len(spec.targets), parent.run_id, console.log_path, "" if console.verbose else " (--verbose shows it here)")
     try:
-        table = dag.run_pipeline(ctx)
+        table = dag.run_pipeline(ctx, local_ray)
         verdicts = _analyse(uri, experiment_id, parent.run_id)
     except BaseException as err:
         cause = root_cause(err)

@@ -6,38 +6,35 @@ directory, including the packaged default and the tiny test models (built once f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import transformers
-from peft import (
-    MultitaskPromptTuningConfig,
-    MultitaskPromptTuningInit,
-    PeftModel,
-    PromptTuningConfig,
-    TaskType,
-    get_peft_model,
-)
-from transformers import (
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    BertConfig,
-    BertForSequenceClassification,
-    PreTrainedModel,
-    T5Config,
-    T5ForConditionalGeneration,
-)
 
 from ..spec import PACKAGED_MODEL, TINY_MODELS, ModelSpec
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
 ADAPTER = "default"
-# Loading a base model without its head prints a report on every worker: expected here, so not shown.
-transformers.logging.set_verbosity_error()
-transformers.utils.logging.disable_progress_bar()
 HEAD_NAMES = ("classifier", "score")
+
+
+@functools.cache
+def quiet_transformers():
+    """transformers, imported on first use rather than with this module: the graph's node processes
+    import the stages (and so this module) only to launch jobs, and importing transformers and peft
+    would cost each of them about 7 s of CPU. Loading a base model without its head prints a report
+    on every worker: expected here, so not shown."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
 
 
 class ModelError(ValueError):
@@ -72,7 +69,8 @@ def build_tiny_model(kind: str, cache_dir: Path) -> Path:
 
     Built with a fixed seed, so every process (and every Ray worker) that builds it gets the same weights.
     """
-    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir())
+    transformers = quiet_transformers()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(packaged_model_dir())
     tag = hashlib.sha1(f"{kind}-{tokenizer.vocab_size}-v2".encode()).hexdigest()[:10]
     out = cache_dir / f"{kind.replace(':', '-')}-{tag}"
     if (out / "config.json").is_file():
@@ -81,15 +79,15 @@ def build_tiny_model(kind: str, cache_dir: Path) -> Path:
     if kind == "tiny:bert":
         # initializer_range 0.2 (not 0.02): at width 32 the default makes every position's output
         # nearly the same, so a prompt could not learn even a memorised batch.
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+        config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
                             initializer_range=0.2)
-        model: PreTrainedModel = BertForSequenceClassification(config)
+        model: PreTrainedModel = transformers.BertForSequenceClassification(config)
     else:
-        config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_ff=64, d_kv=16, num_layers=2,
+        config = transformers.T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_ff=64, d_kv=16, num_layers=2,
                           num_decoder_layers=2, num_heads=2, pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=tokenizer.pad_token_id)
-        model = T5ForConditionalGeneration(config)
+        model = transformers.T5ForConditionalGeneration(config)
     tmp = out.with_name(out.name + f".tmp{torch.randint(1 << 30, ()).item()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -113,7 +111,7 @@ def hub_revision(model_id: str) -> str | None:
 
 
 def load_tokenizer(model_dir: str, revision: str | None = None):
-    return AutoTokenizer.from_pretrained(model_dir, revision=revision)
+    return quiet_transformers().AutoTokenizer.from_pretrained(model_dir, revision=revision)
 
 
 def load_base_model(model_dir: str, task_type: str, num_labels: int | None = None, seed: int = 0,
@@ -122,13 +120,14 @@ def load_base_model(model_dir: str, task_type: str, num_labels: int | None = Non
 
     ``revision`` pins a hub model to one commit (a served model must not drift when the hub moves).
     """
+    transformers = quiet_transformers()
     torch.manual_seed(seed)
     try:
         if task_type == "SEQ_CLS":
             # A checkpoint with a head for other labels (a fine-tuned model) gets a fresh head, not an error.
-            return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels,
+            return transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels,
                                                                       ignore_mismatched_sizes=True, revision=revision)
-        return AutoModelForSeq2SeqLM.from_pretrained(model_dir, revision=revision)
+        return transformers.AutoModelForSeq2SeqLM.from_pretrained(model_dir, revision=revision)
     except OSError as err:
         raise ModelError(f"model.name_or_path {model_dir!r} could not be loaded: {err}") from None
 
@@ -136,6 +135,8 @@ def load_base_model(model_dir: str, task_type: str, num_labels: int | None = Non
 def prompt_tuning_model(base: PreTrainedModel, task_type: str, num_virtual_tokens: int,
                         init_prompt: torch.Tensor | None = None) -> PeftModel:
     """Vanilla prompt tuning (a teacher, or the random/single-source baselines)."""
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
     config = PromptTuningConfig(task_type=TaskType(task_type), num_virtual_tokens=num_virtual_tokens,
                                 num_transformer_submodules=1)
     model = get_peft_model(base, config)
@@ -154,6 +155,8 @@ def multitask_model(base: PreTrainedModel, task_type: str, num_virtual_tokens: i
     shared prompt, PEFT loads P* itself (ONLY_SOURCE_SHARED) and u v^T is set to ones so that the
     start really is P* (PEFT's N(0, 0.02) init would scale it by ~4e-4).
     """
+    from peft import MultitaskPromptTuningConfig, MultitaskPromptTuningInit, TaskType, get_peft_model
+
     config = MultitaskPromptTuningConfig(
         task_type=TaskType(task_type), num_virtual_tokens=num_virtual_tokens, num_tasks=num_tasks,
         num_ranks=rank, num_transformer_submodules=1,

@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import get_scheduler
-from transformers.optimization import Adafactor
 
 from ..spec import DropoutSetting, OptimizerName, ScheduleName
 
@@ -41,6 +39,8 @@ def make_optimizer(groups: list[dict], name: OptimizerName, weight_decay: float)
     """AdamW, or Adafactor driven by each group's lr and the schedule: without relative steps and
     parameter scaling, which would replace the spec's learning rates with Adafactor's own."""
     if name == "adafactor":
+        from transformers.optimization import Adafactor  # imported here for the reason models.quiet_transformers gives
+
         return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False,
                          weight_decay=weight_decay)
     return torch.optim.AdamW(groups, weight_decay=weight_decay)
@@ -54,5 +54,7 @@ def warmup_steps(steps: int, warmup_ratio: float) -> int:
 def make_schedule(optimizer: torch.optim.Optimizer, name: ScheduleName, steps: int,
                   warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over ``warmup_ratio`` of the steps, then constant, linear decay to 0 or cosine decay to 0."""
+    from transformers import get_scheduler  # imported here for the reason models.quiet_transformers gives
+
     return get_scheduler(SCHEDULE_NAMES[name], optimizer, num_warmup_steps=warmup_steps(steps, warmup_ratio),
                          num_training_steps=steps)
