@@ -332,8 +332,13 @@ def phases(units: list[dict], started: float, run_end: float, exited: float) -> 
         out["gap: last source ends -> distill starts"] = d["start"] - max(u["end"] for u in by["source"])
         out["distill: setup"], out["distill: compute"] = d["first"] - d["start"], d["end"] - d["first"]
     targets = by["target"]
-    if targets:
-        out["gap: distill ends -> first target trial starts"] = min(u["start"] for u in targets) - d["end"]
+    mpt = [u for u in targets if u["method"] == "mpt"]
+    if mpt and by["distill"]:
+        out["gap: distill ends -> first MPT trial starts"] = min(u["start"] for u in mpt) - d["end"]
+    if len(mpt) < len(targets):
+        # the orchestrator starts the baselines when the sources end, beside the distillation
+        out["gap: last source ends -> first baseline trial starts"] = (
+            min(u["start"] for u in targets if u["method"] != "mpt") - max(u["end"] for u in by["source"]))
     for task in dict.fromkeys(u["task"] for u in targets):
         trials = [u for u in targets if u["task"] == task]
         out[f"target {task}, {len(trials)} trials: setup (sum)"] = sum(u["first"] - u["start"] for u in trials)

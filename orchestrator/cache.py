@@ -126,8 +126,8 @@ def _target_tag(task: str) -> str:
     return f"mpt.cache.target.{task}"
 
 
-def reuse_target(ctx, task: str) -> list[dict] | None:
-    """The result rows an earlier pipeline recorded for this target's fingerprint, or None."""
+def recorded_target(ctx, task: str) -> tuple[str, list[dict]] | None:
+    """(run id, result rows) that an earlier pipeline recorded for this target's fingerprint, or None."""
     if "target" in ctx.forced:
         return None
     client = MlflowClient(ctx.tracking.uri)
@@ -138,9 +138,18 @@ def reuse_target(ctx, task: str) -> list[dict] | None:
         for run in runs:
             file = _download(client, run.info.run_id, f"{TARGET_RESULTS}/{task}.json", tmp)
             if file is not None:
-                _note_reuse(ctx, f"target:{task}", run.info.run_id)
-                return [{**row, "reused_from": run.info.run_id} for row in json.loads(file.read_text())]
+                return run.info.run_id, json.loads(file.read_text())
     return None
+
+
+def reuse_target(ctx, task: str) -> list[dict] | None:
+    """The result rows an earlier pipeline recorded for this target's fingerprint, or None."""
+    found = recorded_target(ctx, task)
+    if found is None:
+        return None
+    run_id, rows = found
+    _note_reuse(ctx, f"target:{task}", run_id)
+    return [{**row, "reused_from": run_id} for row in rows]
 
 
 def record_target(ctx, task: str, rows: list[dict]) -> None:

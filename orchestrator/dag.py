@@ -1,6 +1,7 @@
 """The Ray task graph: sources (fan-out) -> distill (join) -> targets (fan-out) -> report (join),
-with the joint_multitask ablation's student beside the sources when a spec asks for it, and with
-``seed_scope: pipeline`` one sources-and-distill branch per seed.
+with each target's baselines started from the sources beside the distillation, the joint_multitask
+ablation's student beside the sources when a spec asks for it, and with ``seed_scope: pipeline``
+one sources-and-distill branch per seed.
 
 Built from remote tasks passing ``ObjectRef`` arguments, which Ray resolves to values before a task
 starts, so each node runs as soon as its inputs exist. A node reuses its stage's earlier result when
@@ -40,17 +41,34 @@ def joint_node(ctx: PipelineContext) -> SharedPrompt:
 
 
 @ray.remote(num_cpus=0)
-def starts_node(seed: int, shared: SharedPrompt, joint: SharedPrompt | None, *teachers: Teacher) -> target.Starts:
+def starts_node(seed: int, shared: SharedPrompt | None, joint: SharedPrompt | None,
+                *teachers: Teacher) -> target.Starts:
     return target.Starts(seed, shared, joint, {t.task: t for t in teachers})
 
 
 @ray.remote(num_cpus=0)
 @in_ray_worker
-def target_node(ctx: PipelineContext, task: str, *starts: target.Starts) -> list[dict]:
+def baselines_node(ctx: PipelineContext, task: str, *starts: target.Starts) -> list[dict]:
+    """One target's baseline and ablation sweeps. They start from the teachers (and the joint_multitask
+    student), never from the shared prompt, so they train while the distillation does."""
+    if cache.recorded_target(ctx, task) is not None:
+        return []  # target_node reuses the whole target, these sweeps included
+    return target.run_baseline_sweeps(ctx, task, {s.seed: s for s in starts})
+
+
+@ray.remote(num_cpus=0)
+@in_ray_worker
+def target_node(ctx: PipelineContext, task: str, baselines: list[ray.ObjectRef], *starts: target.Starts) -> list[dict]:
+    """One target's MPT sweeps, joined with its baselines' rows for the scoring of each method's choice.
+
+    ``baselines`` holds the baselines node's result inside a list: Ray resolves only top-level
+    arguments before a task starts, so the MPT sweep starts when the distillation ends, whether or not
+    the baselines have finished.
+    """
     reused = cache.reuse_target(ctx, task)
     if reused is not None:
         return reused
-    rows = target.run_target(ctx, task, {s.seed: s for s in starts})
+    rows = target.run_target(ctx, task, {s.seed: s for s in starts}, baselines[0])
     cache.record_target(ctx, task, rows)
     return rows
 
@@ -84,11 +102,14 @@ def node_env(local_ray: bool) -> dict:
 
 def seed_branch(ctx: PipelineContext, env: dict):
     """Sources (fan-out) -> distill (join), and the joint_multitask student when asked for (it needs no
-    teachers: it trains beside the sources), gathered as what target trials start from."""
+    teachers: it trains beside the sources), gathered twice as what target trials start from: with the
+    shared prompt for MPT, and without it for the baselines, which then need not wait for the
+    distillation."""
     teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in ctx.spec.sources]
     shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
     joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in ctx.spec.target.baselines else None
-    return starts_node.options(runtime_env=env).remote(ctx.spec.seed, shared, joint, *teachers)
+    return (starts_node.options(runtime_env=env).remote(ctx.spec.seed, shared, joint, *teachers),
+            starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers))
 
 
 def run_pipeline(ctx: PipelineContext, local_ray: bool) -> pd.DataFrame:
@@ -96,6 +117,10 @@ def run_pipeline(ctx: PipelineContext, local_ray: bool) -> pd.DataFrame:
     env = node_env(local_ray)
     # seed_scope pipeline: one branch per seed, each seed's trials starting from its own shared prompt
     seeds = spec.seed_list() if spec.seed_scope == "pipeline" else [spec.seed]
-    starts = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env) for s in seeds]
-    targets = [target_node.options(runtime_env=env).remote(ctx, task, *starts) for task in spec.targets]
+    branches = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env) for s in seeds]
+    mpt_starts, baseline_starts = [b[0] for b in branches], [b[1] for b in branches]
+    targets = []
+    for task in spec.targets:
+        baselines = baselines_node.options(runtime_env=env).remote(ctx, task, *baseline_starts)
+        targets.append(target_node.options(runtime_env=env).remote(ctx, task, [baselines], *mpt_starts))
     return ray.get(report_node.options(runtime_env=env).remote(ctx, ctx.tracking.parent_run_id, *targets))

@@ -24,12 +24,12 @@ HEAD_FILE = "head.safetensors"
 
 
 def build_target_model(method: str, rank: int, model_dir: str, task_type: str, num_virtual_tokens: int,
-                       num_labels: int, seed: int, shared: SharedPrompt, teachers: dict[str, Teacher],
+                       num_labels: int, seed: int, shared: SharedPrompt | None, teachers: dict[str, Teacher],
                        workdir: Path, joint: SharedPrompt | None = None) -> torch.nn.Module:
     """The model ``method`` trains (its forward takes ``task_ids=task_id_of(method)``)."""
     base = models.load_base_model(model_dir, task_type, num_labels, seed)
     if method in MPT_MODELS:
-        start = {"mpt": shared, "joint_multitask": joint}.get(method) or mean_of_teachers(teachers)
+        start = shared if method == "mpt" else joint if method == "joint_multitask" else mean_of_teachers(teachers)
         # PEFT reads P* from a file (ONLY_SOURCE_SHARED), so the starting prompt is written for it
         path = start.save(workdir / SHARED_PROMPT_FILE)
         return models.multitask_model(base, task_type, num_virtual_tokens, 1, rank, str(path))

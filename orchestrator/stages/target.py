@@ -1,7 +1,8 @@
 """Stage 3: each target adapted from the shared prompt by a Ray Tune sweep, beside its baselines.
 
 MPT trials run under ASHA over the spec's search space; the baselines and ablations run as a
-second, FIFO sweep at the same step budget and lr search. Every configuration runs once per seed,
+second, FIFO sweep at the same step budget and lr search, in a graph node of their own that starts
+when the sources end (they do not start from the shared prompt). Every configuration runs once per seed,
 and each few-shot budget gets its own pair of sweeps (ASHA must not compare a 4-shot trial with a
 full one). Trials train in their own Tune process, one worker each, so that no trial waits on a
 nested trainer's resources. Each method's configuration is chosen on validation averaged over
@@ -51,7 +52,7 @@ class Starts:
     asked for) and the teachers, by source task."""
 
     seed: int
-    shared: SharedPrompt
+    shared: SharedPrompt | None  # None for the baselines, which never start from it
     joint: SharedPrompt | None
     teachers: dict[str, Teacher]
 
@@ -221,31 +222,50 @@ def _rows(ctx: PipelineContext, task: str, grid: tune.ResultGrid) -> list[dict]:
     return rows
 
 
-def run_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> list[dict]:
-    """Tune sweeps for one target, per training-set budget: MPT over the search space with ASHA, then
-    the baselines (FIFO, same step budget, same lr search), every configuration at every seed.
-    Returns one row per trial."""
+def run_mpt_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> list[dict]:
+    """MPT over the search space (ASHA when the spec asks), one sweep per training-set budget, every
+    configuration at every seed. Returns one row per trial."""
     stage, seeds = ctx.spec.target, ctx.spec.seed_list()
     sched = stage.scheduler
     n_evals = math.ceil(stage.steps / stage.eval_every)
-    baselines = stage.baseline_methods(ctx.spec.sources)
     rows = []
     for shots in stage.budgets():
         asha = (ASHAScheduler(time_attr="training_iteration", max_t=n_evals,
                               grace_period=min(sched.grace_period, n_evals), reduction_factor=sched.reduction_factor)
                 if sched.type == "asha" else FIFOScheduler())
-        budget = "" if shots == "full" else f", {shots} shots per class"
         log.info("[target:%s] sweep over %s (%s), %d steps per trial, seeds %s%s", task,
-                 sorted(stage.search_space.root), sched.type, stage.steps, seeds, budget)
-        name = ctx.job_name(f"target:{task}") + ("" if shots == "full" else f"-{shots}shot")
-        draws = {"num_samples": stage.num_samples, "draw_seed": ctx.spec.seed}  # the same draws for both sweeps
-        space = stage.search_space.tune_space(["mpt"], stage.defaults(), seeds, shots, **draws)
-        rows += _rows(ctx, task, _sweep(ctx, task, starts, space, name, asha))
-        if baselines:
-            log.info("[target:%s] baselines %s%s", task, stage.baselines, budget)
-            space = stage.search_space.tune_space(baselines, stage.defaults(), seeds, shots, **draws)
-            rows += _rows(ctx, task, _sweep(ctx, task, starts, space, f"{name}-baselines", FIFOScheduler()))
+                 sorted(stage.search_space.root), sched.type, stage.steps, seeds, _budget(shots))
+        rows += _rows(ctx, task, _sweep(ctx, task, starts, _space(ctx, ["mpt"], shots), _sweep_name(ctx, task, shots),
+                                        asha))
     return rows
+
+
+def run_baseline_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> list[dict]:
+    """The baselines and ablations, one FIFO sweep per training-set budget at MPT's step budget and lr
+    search, every configuration at every seed. Returns one row per trial."""
+    stage = ctx.spec.target
+    baselines = stage.baseline_methods(ctx.spec.sources)
+    rows = []
+    for shots in stage.budgets() if baselines else ():
+        log.info("[target:%s] baselines %s%s", task, stage.baselines, _budget(shots))
+        rows += _rows(ctx, task, _sweep(ctx, task, starts, _space(ctx, baselines, shots),
+                                        f"{_sweep_name(ctx, task, shots)}-baselines", FIFOScheduler()))
+    return rows
+
+
+def _space(ctx: PipelineContext, methods: list[str], shots: int | str) -> dict:
+    stage = ctx.spec.target
+    # the same draws for MPT's sweep and the baselines'
+    return stage.search_space.tune_space(methods, stage.defaults(), ctx.spec.seed_list(), shots,
+                                         num_samples=stage.num_samples, draw_seed=ctx.spec.seed)
+
+
+def _sweep_name(ctx: PipelineContext, task: str, shots: int | str) -> str:
+    return ctx.job_name(f"target:{task}") + ("" if shots == "full" else f"-{shots}shot")
+
+
+def _budget(shots: int | str) -> str:
+    return "" if shots == "full" else f", {shots} shots per class"
 
 
 @ray.remote
@@ -283,11 +303,13 @@ def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune
     return metrics
 
 
-def run_target(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> list[dict]:
-    """One target end to end: its sweeps, then each method's chosen configuration reloaded and scored
-    at every seed (in parallel, one Ray task each); returns one row per trial, the chosen ones with
-    their test value. The registry gets one model per method: the first seed's, at the last budget."""
-    rows = run_sweeps(ctx, task, starts)
+def run_target(ctx: PipelineContext, task: str, starts: dict[int, Starts], baseline_rows: ray.ObjectRef) -> list[dict]:
+    """One target end to end: its MPT sweeps, joined with its baseline sweeps' rows (``baseline_rows``,
+    from ``run_baseline_sweeps`` in a task of their own), then each method's chosen configuration
+    reloaded and scored at every seed (in parallel, one Ray task each); returns one row per trial, the
+    chosen ones with their test value. The registry gets one model per method: the first seed's, at
+    the last budget."""
+    rows = run_mpt_sweeps(ctx, task, starts) + ray.get(baseline_rows)
     bests = report.select_best(rows)
     spec = ctx.spec
     registered = (spec.seed_list()[0], str(spec.target.budgets()[-1]))

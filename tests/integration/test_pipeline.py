@@ -108,6 +108,20 @@ def test_smoke_pipeline_builds_the_run_tree(local_ray, seq_cls_store, tmp_path_f
 
 
 @pytest.mark.slow
+def test_the_baselines_start_while_the_distillation_trains(seq_cls_store):
+    """They start from the teachers, not the shared prompt, so their node starts when the sources end:
+    its first line comes before the distillation's last (whose Train job alone takes seconds to start),
+    where before it came after the MPT sweep."""
+    _, out = seq_cls_store
+    lines = out.splitlines()
+    baselines = [i for i, line in enumerate(lines) if line.startswith("[target:review_polarity] baselines")]
+    sweep = [i for i, line in enumerate(lines) if line.startswith("[target:review_polarity] sweep over")]
+    distill_done = [i for i, line in enumerate(lines) if line.startswith("[distill] done")]
+    assert len(baselines) == len(sweep) == len(distill_done) == 1, out[-3000:]
+    assert baselines[0] < distill_done[0] < sweep[0], "\n".join(lines[:80])
+
+
+@pytest.mark.slow
 def test_nothing_secret_is_logged(seq_cls_store, tmp_path):
     store, _ = seq_cls_store
     client, runs = runs_of(f"sqlite:///{store}/mlflow.db")
