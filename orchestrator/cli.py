@@ -237,8 +237,8 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
 
     from . import cache, dag, report
     from .stages.context import PipelineContext
-    from .tracking import (TrackingContext, close_orphaned_runs, ensure_experiment, root_cause, start_parent_run,
-                           ui_command)
+    from .tracking import (TrackingContext, close_orphaned_runs, ensure_experiment, kill_running_children, root_cause,
+                           start_parent_run, ui_command)
 
     uri = spec.tracking_uri()
     artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:") else None
@@ -267,6 +267,8 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
         verdicts = _analyse(uri, experiment_id, parent.run_id)
     except BaseException as err:
         cause = root_cause(err)
+        # the graph stopped its other nodes (dag.run_pipeline): their runs did not fail, they were stopped
+        kill_running_children(uri, experiment_id, parent.run_id, f"stopped: the pipeline failed elsewhere: {cause[:3000]}")
         parent.set_tags({"mpt.error": cause[:4000]})
         _keep_log(parent, console)
         parent.end("FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")

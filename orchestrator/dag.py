@@ -11,6 +11,8 @@ starve the jobs they launch.
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import ray
 
@@ -104,12 +106,13 @@ def seed_branch(ctx: PipelineContext, env: dict):
     """Sources (fan-out) -> distill (join), and the joint_multitask student when asked for (it needs no
     teachers: it trains beside the sources), gathered twice as what target trials start from: with the
     shared prompt for MPT, and without it for the baselines, which then need not wait for the
-    distillation."""
+    distillation. Also returns the branch's training nodes, for ``stop``."""
     teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in ctx.spec.sources]
     shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
     joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in ctx.spec.target.baselines else None
+    trainers = [*teachers, shared, *([joint] if joint else [])]
     return (starts_node.options(runtime_env=env).remote(ctx.spec.seed, shared, joint, *teachers),
-            starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers))
+            starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers), trainers)
 
 
 def run_pipeline(ctx: PipelineContext, local_ray: bool) -> pd.DataFrame:
@@ -119,8 +122,26 @@ def run_pipeline(ctx: PipelineContext, local_ray: bool) -> pd.DataFrame:
     seeds = spec.seed_list() if spec.seed_scope == "pipeline" else [spec.seed]
     branches = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env) for s in seeds]
     mpt_starts, baseline_starts = [b[0] for b in branches], [b[1] for b in branches]
-    targets = []
-    for task in spec.targets:
-        baselines = baselines_node.options(runtime_env=env).remote(ctx, task, *baseline_starts)
-        targets.append(target_node.options(runtime_env=env).remote(ctx, task, [baselines], *mpt_starts))
-    return ray.get(report_node.options(runtime_env=env).remote(ctx, ctx.tracking.parent_run_id, *targets))
+    trainers = [ref for b in branches for ref in b[2]]
+    baselines = {task: baselines_node.options(runtime_env=env).remote(ctx, task, *baseline_starts)
+                 for task in spec.targets}
+    targets = [target_node.options(runtime_env=env).remote(ctx, task, [baselines[task]], *mpt_starts)
+               for task in spec.targets]
+    try:
+        return ray.get(report_node.options(runtime_env=env).remote(ctx, ctx.tracking.parent_run_id, *targets))
+    except BaseException:
+        stop([*trainers, *baselines.values(), *targets])
+        raise
+
+
+def stop(nodes: list[ray.ObjectRef]) -> None:
+    """Stop the nodes still running when the pipeline fails: the baselines train beside the
+    distillation, the joint student beside both and the targets beside each other, so one failure
+    leaves others mid-job. Force-cancelling a node kills its process, and with it the Train jobs and
+    Tune trials it started; the driver then marks their runs KILLED. Each result is then read, so
+    that Ray does not print it later as an error nobody handled."""
+    for ref in nodes:
+        ray.cancel(ref, force=True)
+    for ref in nodes:
+        with contextlib.suppress(Exception):
+            ray.get(ref, timeout=60)

@@ -88,6 +88,12 @@ def test_faults_and_recovery(local_ray, tmp_path):
     status = {r.data.tags.get(STAGE_TAG, "parent"): set() for r in runs}
     for r in runs:
         status[r.data.tags.get(STAGE_TAG, "parent")].add(r.info.status)
+    # The baselines train beside the distillation: a trial that had not finished when it failed was
+    # stopped, and says why. None is left RUNNING.
+    stopped = [r for r in runs if r.info.status == "KILLED"]
+    assert status.pop("target", set()) <= {"KILLED", "FINISHED"}
+    assert all(r.data.tags[STAGE_TAG] == "target" and "the pipeline failed elsewhere" in r.data.tags["mpt.error"]
+               and "diverged" in r.data.tags["mpt.error"] for r in stopped)
     assert status == {"parent": {"FAILED"}, "source": {"FINISHED"}, "distill": {"FAILED"}}
     sources = [r for r in runs if r.data.tags.get(STAGE_TAG) == "source"]
     restarted = [r for r in sources if r.data.tags.get("mpt.restarted") == "true"]
