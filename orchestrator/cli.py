@@ -268,7 +268,8 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
     except BaseException as err:
         cause = root_cause(err)
         # the graph stopped its other nodes (dag.run_pipeline): their runs did not fail, they were stopped
-        kill_running_children(uri, experiment_id, parent.run_id, f"stopped: the pipeline failed elsewhere: {cause[:3000]}")
+        ended = "was interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        kill_running_children(uri, experiment_id, parent.run_id, f"stopped because the pipeline {ended}: {cause[:3000]}")
         parent.set_tags({"mpt.error": cause[:4000]})
         _keep_log(parent, console)
         parent.end("FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")

@@ -80,13 +80,14 @@ def build_tiny_model(kind: str, cache_dir: Path) -> Path:
         # initializer_range 0.2 (not 0.02): at width 32 the default makes every position's output
         # nearly the same, so a prompt could not learn even a memorised batch.
         config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
-                            initializer_range=0.2)
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
+                                         initializer_range=0.2)
         model: PreTrainedModel = transformers.BertForSequenceClassification(config)
     else:
         config = transformers.T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_ff=64, d_kv=16, num_layers=2,
-                          num_decoder_layers=2, num_heads=2, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+                                       num_decoder_layers=2, num_heads=2, pad_token_id=tokenizer.pad_token_id,
+                                       eos_token_id=tokenizer.sep_token_id,
+                                       decoder_start_token_id=tokenizer.pad_token_id)
         model = transformers.T5ForConditionalGeneration(config)
     tmp = out.with_name(out.name + f".tmp{torch.randint(1 << 30, ()).item()}")
     model.save_pretrained(tmp)
@@ -125,8 +126,8 @@ def load_base_model(model_dir: str, task_type: str, num_labels: int | None = Non
     try:
         if task_type == "SEQ_CLS":
             # A checkpoint with a head for other labels (a fine-tuned model) gets a fresh head, not an error.
-            return transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels,
-                                                                      ignore_mismatched_sizes=True, revision=revision)
+            return transformers.AutoModelForSequenceClassification.from_pretrained(
+                model_dir, num_labels=num_labels, ignore_mismatched_sizes=True, revision=revision)
         return transformers.AutoModelForSeq2SeqLM.from_pretrained(model_dir, revision=revision)
     except OSError as err:
         raise ModelError(f"model.name_or_path {model_dir!r} could not be loaded: {err}") from None

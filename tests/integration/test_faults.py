@@ -92,7 +92,7 @@ def test_faults_and_recovery(local_ray, tmp_path):
     # stopped, and says why. None is left RUNNING.
     stopped = [r for r in runs if r.info.status == "KILLED"]
     assert status.pop("target", set()) <= {"KILLED", "FINISHED"}
-    assert all(r.data.tags[STAGE_TAG] == "target" and "the pipeline failed elsewhere" in r.data.tags["mpt.error"]
+    assert all(r.data.tags[STAGE_TAG] == "target" and "stopped because the pipeline failed" in r.data.tags["mpt.error"]
                and "diverged" in r.data.tags["mpt.error"] for r in stopped)
     assert status == {"parent": {"FAILED"}, "source": {"FINISHED"}, "distill": {"FAILED"}}
     sources = [r for r in runs if r.data.tags.get(STAGE_TAG) == "source"]
