@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from . import plots, stats
+from .cache import TARGET_RESULTS
 from .report import family
 from .runs import search_all
 from .tracking import PARENT_TAG, PIPELINE_TAG, STAGE_TAG, STOPPED_TAG, TASK_TAG
@@ -42,8 +43,10 @@ class Report:
 
 
 def _trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
-    """The parent's target trials; a target the pipeline reused from an earlier run (tag
-    ``mpt.reused.target:<task>``) has its trials under that run."""
+    """The parent's target trials. A target the pipeline reused from an earlier run (tag
+    ``mpt.reused.target:<task>``) has its trials under that run. A sweep the pipeline resumed after a
+    crash kept the trials that had finished before it, under the crashed run: the rows the pipeline
+    recorded for its targets name them."""
     query = f"tags.`{STAGE_TAG}` = 'target' AND tags.`{PARENT_TAG}` = "
     reused = {tag.removeprefix(REUSED_TARGET): run_id for tag, run_id in parent.data.tags.items()
               if tag.startswith(REUSED_TARGET)}
@@ -51,7 +54,18 @@ def _trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
             if r.data.tags[TASK_TAG] not in reused]
     for task, earlier in reused.items():
         runs += search_all(client, parent.info.experiment_id, query + f"'{earlier}' AND tags.`{TASK_TAG}` = '{task}'")
-    return runs
+    known = {r.info.run_id for r in runs}
+    return runs + [client.get_run(run_id) for run_id in sorted(_recorded_trial_ids(client, parent) - known)]
+
+
+def _recorded_trial_ids(client: MlflowClient, parent: Run) -> set[str]:
+    """The trial run ids in the target rows recorded on the parent (``cache.record_target``)."""
+    ids = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        for item in client.list_artifacts(parent.info.run_id, TARGET_RESULTS):
+            rows = json.loads(Path(client.download_artifacts(parent.info.run_id, item.path, tmp)).read_text())
+            ids |= {row["mlflow_run_id"] for row in rows if row.get("mlflow_run_id")}
+    return ids
 
 
 def _trials(client: MlflowClient, parent: Run) -> pd.DataFrame:
