@@ -114,8 +114,9 @@ def test_a_killed_pipeline_resumes_where_it_stopped(store, resumed):
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     assert "RUNNING" not in {r.info.status for r in runs}
     old = [r for r in runs if r.data.tags.get(PARENT_TAG) == dead.info.run_id or r.info.run_id == dead.info.run_id]
-    assert {r.data.tags.get(STAGE_TAG, "parent"): r.info.status for r in old if r.info.status == "KILLED"} == \
-        {"parent": "KILLED", "distill": "KILLED"}
+    killed = {r.data.tags.get(STAGE_TAG, "parent") for r in old if r.info.status == "KILLED"}
+    # the baselines train beside the distillation: a baseline trial still running at the kill was killed too
+    assert {"parent", "distill"} <= killed <= {"parent", "distill", "target"}
     new_parent = next(r for r in runs if PARENT_TAG not in r.data.tags and r.info.status == "FINISHED")
     (new_distill,) = [r for r in runs if r.data.tags.get(PARENT_TAG) == new_parent.info.run_id
                       and r.data.tags.get(STAGE_TAG) == "distill"]
