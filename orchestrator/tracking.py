@@ -266,24 +266,22 @@ def close_orphaned_runs(uri: str, experiment_id: str) -> list[str]:
         pid = int(parent.data.tags[DRIVER_TAG].rsplit(":", 1)[1])
         if psutil.pid_exists(pid) and pid != os.getpid():
             continue
-        kill_running_children(uri, experiment_id, parent.info.run_id,
-                              "the pipeline driver died while this run was RUNNING")
-        client.set_tag(parent.info.run_id, "mpt.error", "the pipeline driver died while this run was RUNNING")
+        why = "the pipeline driver died while this run was RUNNING"
+        kill_running_children(uri, experiment_id, parent.info.run_id, why)
+        client.set_tag(parent.info.run_id, "mpt.error", why)
         client.set_terminated(parent.info.run_id, "KILLED")
         closed.append(parent.info.run_id)
     return closed
 
 
-def kill_running_children(uri: str, experiment_id: str, parent_run_id: str, why: str) -> int:
-    """Mark KILLED, with ``why`` as their ``mpt.error``, the child runs of a pipeline still RUNNING;
-    returns how many."""
+def kill_running_children(uri: str, experiment_id: str, parent_run_id: str, why: str) -> None:
+    """Mark KILLED, with ``why`` as their ``mpt.error``, the child runs of a pipeline still RUNNING."""
     client = MlflowClient(uri)
     children = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
                                   "and attributes.status = 'RUNNING'", max_results=10000)
     for run in children:
         client.set_tag(run.info.run_id, "mpt.error", why)
         client.set_terminated(run.info.run_id, "KILLED")
-    return len(children)
 
 
 def ui_command(uri: str) -> str:
