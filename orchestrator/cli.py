@@ -257,13 +257,13 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
     console.hook_ray()
     ctx = PipelineContext(spec, model_dir, TrackingContext(uri, experiment_id, parent.run_id, run_tag),
                           spec.storage(), run_tag, cache.fingerprints(spec),
-                          frozenset(cache.forced_stages(rerun, no_cache)))
+                          frozenset(cache.forced_stages(rerun, no_cache)), local_ray)
     started = time.time()
     log.info("[pipeline] %s run %s: %d sources -> distill -> %d targets; MLflow parent run %s\n"
              "[pipeline] Ray's, Tune's and the libraries' output: %s%s", spec.name, run_tag, len(spec.sources),
              len(spec.targets), parent.run_id, console.log_path, "" if console.verbose else " (--verbose shows it here)")
     try:
-        table = dag.run_pipeline(ctx, local_ray)
+        table = dag.run_pipeline(ctx)
         verdicts = _analyse(uri, experiment_id, parent.run_id)
     except BaseException as err:
         cause = root_cause(err)

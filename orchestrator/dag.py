@@ -115,9 +115,9 @@ def seed_branch(ctx: PipelineContext, env: dict):
             starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers), trainers)
 
 
-def run_pipeline(ctx: PipelineContext, local_ray: bool) -> pd.DataFrame:
+def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     spec = ctx.spec
-    env = node_env(local_ray)
+    env = node_env(ctx.local_ray)
     # seed_scope pipeline: one branch per seed, each seed's trials starting from its own shared prompt
     seeds = spec.seed_list() if spec.seed_scope == "pipeline" else [spec.seed]
     branches = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env) for s in seeds]

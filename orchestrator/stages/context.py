@@ -22,6 +22,7 @@ class PipelineContext:
     run_tag: str  # unique per pipeline execution
     fingerprints: dict[str, str]
     forced: frozenset[str] = frozenset()  # stages run again whatever the cache holds
+    local_ray: bool = False  # a Ray this run started itself: one node, no dashboard (cli.run)
 
     def job_name(self, key: str) -> str:
         """The Train/Tune run name of a stage. Ray resumes a run dir with the same name from its last

@@ -4,12 +4,16 @@ that a restarted worker resumes from, and rank 0's MLflow logging and progress l
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import ray.train
 import ray.train.torch
 import torch
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from safetensors.torch import load_file, save_file
 
 from ..ddp import NodeBoundTorchConfig
@@ -83,16 +87,51 @@ def scaling(res: Resources) -> ray.train.ScalingConfig:
                                    resources_per_worker=res.bundle())
 
 
+class StageTrainer(ray.train.torch.TorchTrainer):
+    """Ray Train 2.60's ``TorchTrainer`` without two of the helper actors it starts for every job, each
+    a process that imports Ray Train (4-8 s of CPU in the demo's profile), and without leaving the
+    job's controller alive after ``fit``.
+
+    - The dataset manager serves Ray Data shards to the workers (and makes each of them import Ray
+      Data): the stages pass no datasets.
+    - On a Ray this run started, the placement-group cleaner. It asks the State API every second
+      whether the controller died; that API lives in the dashboard, which such a Ray does not start,
+      so every call fails and it logs a warning instead, for as long as the job runs. A cluster keeps it.
+
+    Ray Train has no switch for either, so the default callback list is filtered; a unit test fails
+    if a Ray upgrade renames what is filtered.
+    """
+
+    def __init__(self, *args, keep_placement_group_cleaner: bool, **kwargs):
+        self._dropped = (DatasetsCallback, *(() if keep_placement_group_cleaner else (PlacementGroupCleanerCallback,)))
+        super().__init__(*args, **kwargs)
+        if self.datasets:
+            raise ValueError("StageTrainer starts no dataset manager: it takes no datasets")
+
+    def _create_default_callbacks(self) -> list:
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, self._dropped)]
+
+    def fit(self) -> ray.train.Result:
+        # fit() installs a SIGINT handler that holds the job's controller actor, which then outlives the
+        # job, polling, for as long as the calling process lives; the previous handler lets it exit
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            return super().fit()
+        finally:
+            if threading.current_thread() is threading.main_thread():  # the only thread fit() installs it from
+                signal.signal(signal.SIGINT, sigint)
+
+
 def fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, key: str,
                 max_failures: int) -> ray.train.Result:
     """One Ray Train job named after the stage's fingerprint, so a restarted pipeline resumes it."""
-    trainer = ray.train.torch.TorchTrainer(
+    return StageTrainer(
         loop, train_loop_config=config, scaling_config=scaling(res), torch_config=NodeBoundTorchConfig(),
         run_config=ray.train.RunConfig(name=ctx.job_name(key), storage_path=ctx.storage,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures)),
-    )
-    return trainer.fit()
+        keep_placement_group_cleaner=not ctx.local_ray,
+    ).fit()
 
 
 def step_logger(logger: RunLogger | None, tag: str, steps: int):

@@ -1,10 +1,12 @@
-"""The DDP rendezvous on a real local Ray Train job: the group forms, and rank 0's store listens on
-the node IP only, never on the wildcard address (PyTorch's default)."""
+"""The DDP rendezvous on a real local Ray Train job, run by the stages' trainer: the group forms, rank
+0's store listens on the node IP only, never on the wildcard address (PyTorch's default), and the
+trainer leaves the caller's SIGINT handler as it found it."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,9 +16,9 @@ import ray.cloudpickle
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train.torch import TorchTrainer
 
 from orchestrator.ddp import NodeBoundTorchConfig
+from orchestrator.stages.worker import StageTrainer
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +43,15 @@ def rendezvous_loop(config: dict) -> None:
 def test_two_workers_rendezvous_on_the_node_ip_only(local_ray, tmp_path):
     # by value: Ray workers cannot import this test module
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    TorchTrainer(
+    sigint = signal.getsignal(signal.SIGINT)
+    StageTrainer(
         rendezvous_loop, train_loop_config={"out": str(tmp_path / "rank0.json")}, torch_config=NodeBoundTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=2),
         run_config=ray.train.RunConfig(name="ddp-rendezvous", storage_path=str(tmp_path)),
+        keep_placement_group_cleaner=False,
     ).fit()
+    # Ray Train's own handler would hold the job's controller alive after the job
+    assert signal.getsignal(signal.SIGINT) is sigint
     m = json.loads((tmp_path / "rank0.json").read_text())
     assert (m["rank"], m["world"], m["sum"]) == (0, 2, 3.0)  # 1 + 2: both ranks took part
     node_ip = ray.util.get_node_ip_address()
