@@ -5,7 +5,8 @@ the full step budget, each method's chosen trial reloaded and scored) as a plain
 one process without Ray or MLflow, then `python -m orchestrator run SPEC --no-cache` on a fresh
 MLflow store; both wall times, and each phase of both (the orchestrator's read back from MLflow).
 P2: training steps per second of each source, orchestrator against plain loop at the same torch
-thread count. P3: peak RSS of the distillation loop at K = 2, 4 and 8 source prompts. P4: the steps
+thread count: one source job at a time holding every CPU (a second, short orchestrator run), and
+with P1, as the spec runs them (several jobs sharing the CPUs). P3: peak RSS of the distillation loop at K = 2, 4 and 8 source prompts. P4: the steps
 ASHA ran against the full grid's, and the best MPT validation of each (``--p4-set`` gives a second
 orchestrator run for it, e.g. an ASHA sweep over a wider grid). Linux only (/proc), CPU only:
 
@@ -35,6 +36,8 @@ from orchestrator.spec_loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("P1", "P2", "P3", "P4")
+# P2's second run: each source job holds every CPU, so they train one after the other, as the plain loop does
+P2_ALONE = [f"source.resources.cpus_per_worker={os.cpu_count()}", "seeds=[0]", "target.baselines=[]"]
 
 
 def progress(message: str) -> None:
@@ -437,20 +440,30 @@ def benchmark(args, spec, parts: set[str], workdir: Path) -> None:
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}, commit {commit}, {os.cpu_count()} CPUs"
           f"{f', files in {workdir}' if args.out else ''}")
     p4_main = "P4" in parts and not args.p4_set and spec.target.scheduler.type == "asha"
-    if parts & {"P1", "P2"} or p4_main:
-        (workdir / "trials.json").write_text(json.dumps(full_grid(spec)))
-        if parts & {"P1"} or p4_main:
-            scope = "full" if "P1" in parts else "mpt"
-            progress(f"plain loop ({scope}, torch's default threads)")
-            p_start, p_end, plain = worker(args, args.sets, workdir, "--worker", "plain", "--scope", scope,
-                                           "--trials", str(workdir / "trials.json"))
-            progress(f"plain loop done in {p_end - p_start:.1f} s")
-        if "P2" in parts:
-            progress("plain loop (sources, each at its Ray worker's threads)")
-            *_, matched = worker(args, args.sets, workdir, "--worker", "plain", "--scope", "sources",
-                                 "--trials", str(workdir / "trials.json"), "--matched-threads")
+    (workdir / "trials.json").write_text(json.dumps(full_grid(spec)))
+    if "P1" in parts or p4_main:
+        scope = "full" if "P1" in parts else "mpt"
+        progress(f"plain loop ({scope}, torch's default threads)")
+        p_start, p_end, plain = worker(args, args.sets, workdir, "--worker", "plain", "--scope", scope,
+                                       "--trials", str(workdir / "trials.json"))
+        progress(f"plain loop done in {p_end - p_start:.1f} s")
         o_start, o_end, uri = run_orchestrator(args.spec, args.sets, workdir / "orchestrator")
         orch, parent_end = read_orchestrator(uri, spec)
+    if "P2" in parts:
+        p2 = {}
+        if "P1" in parts:
+            progress("P2: plain loop (sources, each at its Ray worker's threads)")
+            p2["as the spec runs them"] = (worker(args, args.sets, workdir, "--worker", "plain", "--scope", "sources",
+                                                 "--trials", str(workdir / "trials.json"), "--matched-threads")[2],
+                                          orch, spec.source.resources)
+        alone_sets = [*args.sets, *P2_ALONE]
+        alone_spec = load_spec(args.spec, alone_sets)
+        progress("P2: plain loop (sources, at the threads of a worker holding every CPU)")
+        matched = worker(args, alone_sets, workdir, "--worker", "plain", "--scope", "sources",
+                         "--trials", str(workdir / "trials.json"), "--matched-threads")[2]
+        p2_orch, _ = read_orchestrator(run_orchestrator(args.spec, alone_sets, workdir / "orchestrator-p2")[2],
+                                       alone_spec)
+        p2["one source job at a time, holding every CPU"] = (matched, p2_orch, alone_spec.source.resources)
 
     if "P1" in parts:
         print("\n## P1: the same work, plain loop against orchestrator\n")
@@ -473,22 +486,25 @@ def benchmark(args, spec, parts: set[str], workdir: Path) -> None:
                      for u in plain["units"] if u["stage"] == "reload"]))
 
     if "P2" in parts:
-        threads = threads_for(spec.source.resources)
-        print(f"\n## P2: source training steps per second ({threads} torch thread(s) in both)\n")
-        rows = []
-        for u in (u for u in matched["units"] if u["stage"] == "source"):
-            o = next(o for o in orch if o["stage"] == "source" and o["task"] == u["task"])
-            at_once = sum(p["first"] < o["last"] and o["first"] < p["last"] for p in orch if p["stage"] == "source")
-            rows.append([u["task"], steps_per_s(u), steps_per_s(o), steps_per_s(o) / steps_per_s(u), at_once,
-                         u["value"], o["value"]])
-        print(table(["source", "plain steps/s", "orchestrator steps/s", "orchestrator / plain",
-                     "source jobs training at once (orchestrator)", "final validation plain",
-                     "final validation orchestrator"], rows))
+        print("\n## P2: source training steps per second, orchestrator against the plain loop at the same threads")
+        for how, (matched, orch_units, res) in p2.items():
+            threads = threads_for(res)
+            print(f"\n{how[0].upper()}{how[1:]} ({res.cpus_per_worker:g} CPU per job, {threads} torch thread(s) in both):\n")
+            rows = []
+            for u in (u for u in matched["units"] if u["stage"] == "source"):
+                o = next(o for o in orch_units if o["stage"] == "source" and o["task"] == u["task"])
+                at_once = sum(p["first"] < o["last"] and o["first"] < p["last"]
+                              for p in orch_units if p["stage"] == "source")
+                rows.append([u["task"], steps_per_s(u), steps_per_s(o), steps_per_s(o) / steps_per_s(u), at_once,
+                             u["value"], o["value"]])
+            print(table(["source", "plain steps/s", "orchestrator steps/s", "orchestrator / plain",
+                         "source jobs training at once (orchestrator)", "final validation plain",
+                         "final validation orchestrator"], rows))
         print(f"\nsteps/s: (last step - first step) / (time of last - first train_loss), the eval passes between "
-              f"included in both (and the orchestrator's checkpoint reports). Threads: Ray gives a worker of "
-              f"{spec.source.resources.cpus_per_worker:g} CPU OMP_NUM_THREADS={threads}; the plain loop sets "
-              f"torch.set_num_threads({threads}) (its default here, which P1's plain loop keeps: "
-              f"{matched['threads_default']}).")
+              f"included in both (and the orchestrator's checkpoint reports). Threads: Ray gives a worker of c CPUs "
+              f"OMP_NUM_THREADS=max(1, floor(c)); the plain loop sets torch.set_num_threads to the same. One job at a "
+              f"time: a second orchestrator run with --set {' --set '.join(P2_ALONE)} (the targets kept short: P2 "
+              f"reads the sources); the other jobs' processes still start beside the first one.")
 
     if "P3" in parts:
         print(f"\n## P3: distillation peak memory ({args.p3_steps} steps, one worker process)\n")
