@@ -6,9 +6,10 @@ one process without Ray or MLflow, then `python -m orchestrator run SPEC --no-ca
 MLflow store; both wall times, and each phase of both (the orchestrator's read back from MLflow).
 P2: training steps per second of each source, orchestrator against plain loop at the same torch
 thread count: one source job at a time holding every CPU (a second, short orchestrator run), and
-with P1, as the spec runs them (several jobs sharing the CPUs). P3: peak RSS of the distillation loop at K = 2, 4 and 8 source prompts. P4: the steps
-ASHA ran against the full grid's, and the best MPT validation of each (``--p4-set`` gives a second
-orchestrator run for it, e.g. an ASHA sweep over a wider grid). Linux only (/proc), CPU only:
+with P1, as the spec runs them (several jobs sharing the CPUs). P3: peak RSS of the distillation
+loop at K = 2, 4 and 8 source prompts. P4: the steps ASHA ran against the full grid's, and the
+best MPT validation of each (``--p4-set`` gives a second orchestrator run for it, e.g. an ASHA sweep
+over a wider grid). Linux only (/proc), CPU only:
 
     PYTHONPATH=. python bench/overhead.py [--spec pipelines/demo.yaml] [--set KEY=VALUE ...]
         [--only P1,P2,P3,P4] [--p4-set KEY=VALUE ...] [--p3-steps 10] [--out DIR]
@@ -440,7 +441,8 @@ def benchmark(args, spec, parts: set[str], workdir: Path) -> None:
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}, commit {commit}, {os.cpu_count()} CPUs"
           f"{f', files in {workdir}' if args.out else ''}")
     p4_main = "P4" in parts and not args.p4_set and spec.target.scheduler.type == "asha"
-    (workdir / "trials.json").write_text(json.dumps(full_grid(spec)))
+    if parts & {"P1", "P2"} or p4_main:
+        (workdir / "trials.json").write_text(json.dumps(full_grid(spec)))
     if "P1" in parts or p4_main:
         scope = "full" if "P1" in parts else "mpt"
         progress(f"plain loop ({scope}, torch's default threads)")
@@ -450,17 +452,18 @@ def benchmark(args, spec, parts: set[str], workdir: Path) -> None:
         o_start, o_end, uri = run_orchestrator(args.spec, args.sets, workdir / "orchestrator")
         orch, parent_end = read_orchestrator(uri, spec)
     if "P2" in parts:
+        def matched_sources(sets: list[str], threads: str) -> dict:
+            progress(f"P2: plain loop (sources, at the threads of {threads})")
+            return worker(args, sets, workdir, "--worker", "plain", "--scope", "sources",
+                          "--trials", str(workdir / "trials.json"), "--matched-threads")[2]
+
         p2 = {}
         if "P1" in parts:
-            progress("P2: plain loop (sources, each at its Ray worker's threads)")
-            p2["as the spec runs them"] = (worker(args, args.sets, workdir, "--worker", "plain", "--scope", "sources",
-                                                 "--trials", str(workdir / "trials.json"), "--matched-threads")[2],
-                                          orch, spec.source.resources)
+            p2["as the spec runs them"] = (matched_sources(args.sets, "each source's Ray worker"), orch,
+                                          spec.source.resources)
         alone_sets = [*args.sets, *P2_ALONE]
         alone_spec = load_spec(args.spec, alone_sets)
-        progress("P2: plain loop (sources, at the threads of a worker holding every CPU)")
-        matched = worker(args, alone_sets, workdir, "--worker", "plain", "--scope", "sources",
-                         "--trials", str(workdir / "trials.json"), "--matched-threads")[2]
+        matched = matched_sources(alone_sets, "a worker holding every CPU")
         p2_orch, _ = read_orchestrator(run_orchestrator(args.spec, alone_sets, workdir / "orchestrator-p2")[2],
                                        alone_spec)
         p2["one source job at a time, holding every CPU"] = (matched, p2_orch, alone_spec.source.resources)
