@@ -22,7 +22,7 @@ def set_dropout(model: torch.nn.Module, dropout: DropoutSetting) -> None:
     a float sets them all to that rate.
 
     Rates are changed rather than modules put in eval mode, because ``fit`` calls ``model.train()``
-    at every step and that would switch eval-mode dropout back on.
+    after every evaluation and that would switch eval-mode dropout back on.
     """
     if dropout == "on":
         return

@@ -6,6 +6,7 @@ the schedule and the cadence of logging. Ray Train / Tune / MLflow only see the 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -95,6 +96,38 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+class LaggedLoss:
+    """Each step's loss, read one step late. On a GPU, reading a loss waits for the step to finish;
+    read at once, it leaves the GPU idle while the CPU encodes the next batch and queues its kernels.
+    So the value is copied to host memory behind the step and read once the next step is queued."""
+
+    def __init__(self, on_value: Callable[[int, float], None]):
+        self.on_value = on_value
+        self.pending: tuple[int, torch.Tensor, torch.cuda.Event | None] | None = None
+
+    def push(self, step: int, loss: torch.Tensor) -> None:
+        self.settle()
+        value, ready = loss.detach(), None
+        if value.is_cuda:
+            value = value.to("cpu", non_blocking=True)  # into pinned memory, ready when the event is
+            ready = torch.cuda.Event()
+            ready.record()
+        self.pending = (step, value, ready)
+
+    def settle(self) -> None:
+        """Read the pending loss; a non-finite one raises FloatingPointError naming its step."""
+        if self.pending is None:
+            return
+        step, value, ready = self.pending
+        self.pending = None
+        if ready is not None:
+            ready.synchronize()
+        loss = value.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {step}: training diverged; lower the learning rate")
+        self.on_value(step, loss)
+
+
 def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps: int, lr: float,
         head_lr: float, weight_decay: float, eval_every: int, evaluate: Callable[[], dict[str, float]],
         on_step: Callable[[int, float], None] = lambda step, loss: None,
@@ -103,10 +136,12 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
         start_step: int = 0, optimizer_state: dict | None = None) -> dict[str, float]:
     """Train the parameters that require grad; evaluate every ``eval_every`` steps and at the end.
 
-    ``on_step`` gets each step's loss; ``on_eval`` gets the eval metrics with ``train_loss_avg`` (the
-    mean loss since the previous eval) and the optimizer/schedule state to checkpoint. Resuming at
-    ``start_step`` with that state continues the same schedule. A non-finite loss stops training with
-    FloatingPointError rather than silently training on NaNs.
+    ``on_step`` gets each step's loss, once the next step is queued; ``on_eval`` gets the eval metrics
+    with ``train_loss_avg`` (the mean loss since the previous eval) and the optimizer/schedule state to
+    checkpoint. Resuming at ``start_step`` with that state continues the same schedule. A non-finite
+    loss stops training with FloatingPointError rather than silently training on NaNs: one step later
+    (see ``LaggedLoss``), and always before the next evaluation, so no diverged weights are evaluated
+    or checkpointed.
 
     The classifier head gets its own learning rate: prompt tuning wants lr ~0.3, which makes a
     linear head diverge. ``dropout``, ``optimizer``, ``schedule`` and ``warmup_ratio`` are the spec's
@@ -114,6 +149,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
     """
     set_dropout(model, dropout)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for _, p in named]
     head = [p for n, p in named if any(f".{h}." in f".{n}" for h in HEAD_NAMES)]
     rest = [p for n, p in named if not any(f".{h}." in f".{n}" for h in HEAD_NAMES)]
     groups = [g for g in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
@@ -129,23 +165,23 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[int], torch.Tensor], *, steps
         metrics = evaluate()
         on_eval(steps, metrics, {"optimizer": opt.state_dict(), "schedule": lr_schedule.state_dict()})
         return metrics
+    losses = LaggedLoss(lambda step, value: (window.append(value), on_step(step, value)))
+    model.train()
     for step in range(start_step + 1, steps + 1):
-        model.train()
         loss = loss_fn(step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}: training diverged; lower the learning rate")
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         lr_schedule.step()
         opt.zero_grad(set_to_none=True)
-        window.append(loss.item())
-        on_step(step, window[-1])
+        losses.push(step, loss)
         if step % eval_every == 0 or step == steps:
+            losses.settle()  # a diverged step stops training before its weights are evaluated or checkpointed
             model.eval()
             metrics = {"train_loss_avg": sum(window) / len(window), **evaluate()}
             window.clear()
             on_eval(step, metrics, {"optimizer": opt.state_dict(), "schedule": lr_schedule.state_dict()})
+            model.train()
     return metrics
 
 

@@ -35,3 +35,25 @@ def test_mpt_trains_and_evaluates_on_cuda_with_bf16_autocast(tmp_path, kind, tas
                   **TrainSpec().optimization())
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_fit_reports_each_loss_as_computed_and_stops_on_a_non_finite_one_on_cuda():
+    """fit reads each loss one step late, through a copy to host memory behind the step: every value
+    must still be its own step's, in order, and a NaN must still stop training before an eval."""
+    device = torch.device("cuda")
+    weight = torch.nn.Parameter(torch.randn(512, 512, device=device) / 20)
+    model = torch.nn.Module()
+    model.weight = weight
+    computed, reported, evals = [], [], []
+
+    def loss_fn(step: int) -> torch.Tensor:
+        loss = (torch.randn(256, 512, device=device) @ weight).pow(2).mean()
+        computed.append(loss.detach().clone())
+        return loss * float("nan") if step == 12 else loss
+
+    with pytest.raises(FloatingPointError, match="loss is nan at step 12"):
+        fit(model, loss_fn, steps=20, lr=0.01, head_lr=0.01, weight_decay=0.0, eval_every=5, evaluate=dict,
+            on_step=lambda s, v: reported.append((s, v)), on_eval=lambda s, m, state: evals.append(s),
+            **TrainSpec().optimization())
+    assert reported == [(s, c.item()) for s, c in enumerate(computed[:11], 1)]
+    assert evals == [5, 10]

@@ -47,3 +47,22 @@ def test_batch_stream_shards_are_disjoint():
     a = {ex for batch in [next(batch_stream(data.train, 64, 0, 0, 2))] for ex in batch}
     b = {ex for batch in [next(batch_stream(data.train, 64, 0, 1, 2))] for ex in batch}
     assert a and b and not (a & b)
+
+
+@pytest.mark.parametrize("bad_step,eval_every", [(3, 3), (2, 5)], ids=["at-an-eval", "between-evals"])
+def test_a_non_finite_loss_stops_fit_before_the_next_eval(bad_step, eval_every):
+    weight = torch.nn.Parameter(torch.ones(2))
+    model = torch.nn.Module()
+    model.weight = weight
+    reported, evals = [], []
+
+    def loss_fn(step: int) -> torch.Tensor:
+        loss = (weight ** 2).sum()
+        return loss * float("nan") if step == bad_step else loss
+
+    with pytest.raises(FloatingPointError, match=f"loss is nan at step {bad_step}: training diverged"):
+        fit(model, loss_fn, steps=10, lr=0.1, head_lr=0.1, weight_decay=0.0, eval_every=eval_every,
+            evaluate=lambda: {"eval_x": float(weight.sum())}, on_step=lambda s, v: reported.append(s),
+            on_eval=lambda s, m, state: evals.append(s), **DEFAULTS)
+    assert reported == list(range(1, bad_step))  # every finite loss before it, in order
+    assert evals == []  # the diverged weights were neither evaluated nor checkpointed
