@@ -78,9 +78,10 @@ def full_length(examples: list[Example], words: int) -> list[Example]:
     pool = [" ".join(ex.texts) for ex in examples]
     out = []
     for i, ex in enumerate(examples):
-        text, j = [], i
-        while sum(len(t.split()) for t in text) < words:
+        text, count, j = [], 0, i
+        while count < words:
             text.append(pool[j % len(pool)])
+            count += len(text[-1].split())
             j += 1
         out.append(Example((" ".join(text),), ex.label))
     return out
@@ -91,6 +92,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def step_loss(model, chunk, encoder, label_words, device) -> torch.Tensor:
+    """One batch's loss as a source job computes it: encoded, moved to the device, under autocast."""
+    batch = to_device(encoder(chunk, label_words), device)
+    with autocast(device):
+        return task_loss(model, batch, encoder.task_type)
+
+
 def source_job(model, chunks, encoder, label_words, stage, device, warmup: int, fit=fit) -> float:
     """Steps per second of ``fit`` with the source stage's loss, after ``warmup`` steps."""
     it, start = iter(chunks), []
@@ -99,9 +107,7 @@ def source_job(model, chunks, encoder, label_words, stage, device, warmup: int, 
         if step == warmup + 1:
             sync(device)
             start.append(time.perf_counter())
-        batch = to_device(encoder(next(it), label_words), device)
-        with autocast(device):
-            return task_loss(model, batch, encoder.task_type)
+        return step_loss(model, next(it), encoder, label_words, device)
 
     fit(model, loss_fn, steps=len(chunks), lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=len(chunks), evaluate=dict, **stage.optimization())
@@ -119,9 +125,7 @@ def plain_loop(model, chunks, encoder, label_words, stage, device, warmup: int, 
         if i == warmup:
             sync(device)
             start = time.perf_counter()
-        batch = to_device(encoder(chunk, label_words), device)
-        with autocast(device):
-            loss = task_loss(model, batch, encoder.task_type)
+        loss = step_loss(model, chunk, encoder, label_words, device)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -139,11 +143,8 @@ def step_flops(model, chunks, encoder, label_words, device) -> float:
     """Mean FLOPs of one training step (forward and backward) over ``chunks``."""
     total = 0
     for chunk in chunks:
-        batch = to_device(encoder(chunk, label_words), device)
         with FlopCounterMode(display=False) as counter:
-            with autocast(device):
-                loss = task_loss(model, batch, encoder.task_type)
-            loss.backward()
+            step_loss(model, chunk, encoder, label_words, device).backward()
         model.zero_grad(set_to_none=True)
         total += counter.get_total_flops()
     return total / len(chunks)
@@ -194,11 +195,10 @@ def measure(case: str, examples, batch_size: int, spec, model_dir: str, encoder,
     model = fresh()
     flops = step_flops(model, chunks[args.warmup:], encoder, label_words, device)
     kernels = kernel_ms(model, chunks[args.warmup:args.warmup + 10], encoder, label_words, stage, device)
-    tokens = statistics.mean(int(encoder(c, label_words)["attention_mask"].sum()) for c in chunks[args.warmup:])
     start = time.perf_counter()
-    for c in chunks:
-        encoder(c, label_words)
+    encoded = [encoder(c, label_words) for c in chunks]
     encode_ms = (time.perf_counter() - start) / len(chunks) * 1e3
+    tokens = statistics.mean(int(e["attention_mask"].sum()) for e in encoded[args.warmup:])
     row = {"case": case, "batch": batch_size, "input_tokens_per_step": tokens, "virtual_tokens": l,
            "gflop_per_step": flops / 1e9, "kernel_ms": kernels, "encode_ms": encode_ms,
            **{f"{name} steps/s": statistics.median(v) for name, v in rates.items()},
@@ -234,10 +234,9 @@ def main() -> None:
         encoder = Encoder(models.load_tokenizer(model_dir), "SEQ_2_SEQ_LM", spec.model.max_length,
                           spec.model.max_target_length)
         data = load_task(TaskSpec(name=TASK, kind="embedded"), spec.seed)
-        train = data.train
-        cases = [("as embedded", train, spec.source.batch_size),
-                 ("full length", full_length(train, spec.model.max_length), spec.source.batch_size),
-                 ("full length", full_length(train, spec.model.max_length), args.big_batch)]
+        full = full_length(data.train, spec.model.max_length)
+        cases = [("as embedded", data.train, spec.source.batch_size), ("full length", full, spec.source.batch_size),
+                 ("full length", full, args.big_batch)]
         rows = [measure(case, examples, batch, spec, model_dir, encoder, data.label_words, device, args)
                 for case, examples, batch in cases]
     matmul = matmul_tflops(device)
