@@ -1,5 +1,6 @@
 """The Ray task graph: sources (fan-out) -> distill (join) -> targets (fan-out) -> report (join),
-with each target's baselines started from the sources beside the distillation, the joint_multitask
+with each target's baselines started from the sources beside the distillation (after it, on a local
+Ray too small to train both at once), the joint_multitask
 ablation's student beside the sources when a spec asks for it, and with ``seed_scope: pipeline``
 one sources-and-distill branch per seed.
 
@@ -12,6 +13,7 @@ starve the jobs they launch.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pandas as pd
 import ray
@@ -22,6 +24,8 @@ from .method.distill import SharedPrompt, Teacher
 from .stages import distill, source, target
 from .stages.context import PipelineContext
 from .tracking import RunLogger
+
+log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0)
@@ -43,19 +47,21 @@ def joint_node(ctx: PipelineContext) -> SharedPrompt:
 
 
 @ray.remote(num_cpus=0)
-def starts_node(seed: int, shared: SharedPrompt | None, joint: SharedPrompt | None,
-                *teachers: Teacher) -> target.Starts:
+def starts_node(seed: int, shared: SharedPrompt | None, joint: SharedPrompt | None, *teachers: Teacher,
+                after: SharedPrompt | None = None) -> target.Starts:
+    """``after``: a distillation these starts wait for but do not hold (the baselines', where the Ray is
+    too small to train them beside it)."""
     return target.Starts(seed, shared, joint, {t.task: t for t in teachers})
 
 
 @ray.remote(num_cpus=0)
 @in_ray_worker
-def baselines_node(ctx: PipelineContext, task: str, *starts: target.Starts) -> list[dict]:
+def baselines_node(ctx: PipelineContext, task: str, max_concurrent: int | None, *starts: target.Starts) -> list[dict]:
     """One target's baseline and ablation sweeps. They start from the teachers (and the joint_multitask
-    student), never from the shared prompt, so they train while the distillation does."""
+    student), never from the shared prompt, so they can train while the distillation does."""
     if cache.recorded_target(ctx, task) is not None:
         return []  # target_node reuses the whole target, these sweeps included
-    return target.run_baseline_sweeps(ctx, task, {s.seed: s for s in starts})
+    return target.run_baseline_sweeps(ctx, task, {s.seed: s for s in starts}, max_concurrent)
 
 
 @ray.remote(num_cpus=0)
@@ -102,17 +108,18 @@ def node_env(local_ray: bool) -> dict:
     return {"env_vars": env}
 
 
-def seed_branch(ctx: PipelineContext, env: dict):
+def seed_branch(ctx: PipelineContext, env: dict, baselines_wait: bool):
     """Sources (fan-out) -> distill (join), and the joint_multitask student when asked for (it needs no
     teachers: it trains beside the sources), gathered twice as what target trials start from: with the
-    shared prompt for MPT, and without it for the baselines, which then need not wait for the
-    distillation. Also returns the branch's training nodes, for ``stop``."""
+    shared prompt for MPT, and without it for the baselines, which then wait for the distillation only
+    when ``baselines_wait``. Also returns the branch's training nodes, for ``stop``."""
     teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in ctx.spec.sources]
     shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
     joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in ctx.spec.target.baselines else None
     trainers = [*teachers, shared, *([joint] if joint else [])]
     return (starts_node.options(runtime_env=env).remote(ctx.spec.seed, shared, joint, *teachers),
-            starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers), trainers)
+            starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers,
+                                                        after=shared if baselines_wait else None), trainers)
 
 
 def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
@@ -120,10 +127,16 @@ def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     env = node_env(ctx.local_ray)
     # seed_scope pipeline: one branch per seed, each seed's trials starting from its own shared prompt
     seeds = spec.seed_list() if spec.seed_scope == "pipeline" else [spec.seed]
-    branches = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env) for s in seeds]
+    # a local Ray has the CPUs it started with; a cluster's autoscaler adds nodes for a job that waits
+    beside = target.baseline_trials_beside_distill(spec, ray.cluster_resources(), len(seeds)) if ctx.local_ray else None
+    if beside is not None:
+        log.info("[pipeline] baseline sweeps: %s", f"beside the distillation, at most {beside} trial(s) each"
+                 if beside else "after the distillation (this Ray cannot train it and a trial per target at once)")
+    branches = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env, beside == 0) for s in seeds]
     mpt_starts, baseline_starts = [b[0] for b in branches], [b[1] for b in branches]
     trainers = [ref for b in branches for ref in b[2]]
-    baselines = {task: baselines_node.options(runtime_env=env).remote(ctx, task, *baseline_starts)
+    baselines = {task: baselines_node.options(runtime_env=env).remote(
+                     ctx, task, beside or spec.target.max_concurrent_trials, *baseline_starts)
                  for task in spec.targets}
     targets = [target_node.options(runtime_env=env).remote(ctx, task, [baselines[task]], *mpt_starts)
                for task in spec.targets]

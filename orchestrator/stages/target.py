@@ -38,7 +38,7 @@ from ..method.distill import SharedPrompt, Teacher
 from ..method.metrics import compute_metric
 from ..method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
 from ..method.train import autocast, batch_stream, evaluate, fit, predict, task_loss, to_device
-from ..spec import SearchSpace
+from ..spec import PipelineSpec, SearchSpace
 from ..tracking import (FINGERPRINT_TAG, PIPELINE_TAG, STOPPED_TAG, RunLogger, TrackingContext, child_run,
                         root_cause)
 from .context import PipelineContext
@@ -171,7 +171,7 @@ def sweep_trainable(fn, name: str, resources: PlacementGroupFactory, **params):
 
 
 def _sweep(ctx: PipelineContext, task: str, starts: dict[int, Starts], space: dict, name: str,
-           scheduler) -> tune.ResultGrid:
+           scheduler, max_concurrent: int | None) -> tune.ResultGrid:
     stage = ctx.spec.target
     trainable = sweep_trainable(target_trial, name, PlacementGroupFactory([stage.resources.bundle()]),
                                 ctx=ctx, task=task, starts=starts, sweep=name)
@@ -187,7 +187,7 @@ def _sweep(ctx: PipelineContext, task: str, starts: dict[int, Starts], space: di
             # the torch/transformers/peft imports again (trials are short: this is a large share of each)
             tune_config=tune.TuneConfig(metric=f"eval_{ctx.spec.task(task).metric}", mode="max",
                                         scheduler=scheduler,  # num_samples: 1, the space holds the draws
-                                        max_concurrent_trials=stage.max_concurrent_trials, reuse_actors=True),
+                                        max_concurrent_trials=max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=ctx.storage, verbose=0,
                                       callbacks=[TrialRunCloser(ctx.tracking, name, stage.steps)]),
         )
@@ -236,21 +236,40 @@ def run_mpt_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -
         log.info("[target:%s] sweep over %s (%s), %d steps per trial, seeds %s%s", task,
                  sorted(stage.search_space.root), sched.type, stage.steps, seeds, _budget(shots))
         rows += _rows(ctx, task, _sweep(ctx, task, starts, _space(ctx, ["mpt"], shots), _sweep_name(ctx, task, shots),
-                                        asha))
+                                        asha, stage.max_concurrent_trials))
     return rows
 
 
-def run_baseline_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -> list[dict]:
+def run_baseline_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts],
+                        max_concurrent: int | None) -> list[dict]:
     """The baselines and ablations, one FIFO sweep per training-set budget at MPT's step budget and lr
-    search, every configuration at every seed. Returns one row per trial."""
+    search, every configuration at every seed, at most ``max_concurrent`` trials at once. Returns one
+    row per trial."""
     stage = ctx.spec.target
     baselines = stage.baseline_methods(ctx.spec.sources)
     rows = []
     for shots in stage.budgets() if baselines else ():
         log.info("[target:%s] baselines %s%s", task, stage.baselines, _budget(shots))
         rows += _rows(ctx, task, _sweep(ctx, task, starts, _space(ctx, baselines, shots),
-                                        f"{_sweep_name(ctx, task, shots)}-baselines", FIFOScheduler()))
+                                        f"{_sweep_name(ctx, task, shots)}-baselines", FIFOScheduler(), max_concurrent))
     return rows
+
+
+def baseline_trials_beside_distill(spec: PipelineSpec, cluster: dict[str, float], distillations: int) -> int:
+    """How many trials each target's baseline sweep may run at once beside the distillations on a Ray
+    of fixed size (``cluster``: its resources) and still leave them theirs; 0 where it cannot hold the
+    distillations and one baseline trial per target, so that the baselines must wait for them.
+
+    Tune keeps a finished trial's process and resources for its next trial, so a sweep holds what it
+    once got until it ends. Uncapped baseline sweeps started beside the distillation take every free
+    CPU first, and the distillation, whose job asks later, waits for them: 210 s of the demo's 615 s
+    on 2 CPUs (README, "Performance"), while its MPT sweeps, the last stage, wait for it.
+    """
+    distill, trial = spec.distill.resources, spec.target.resources
+    fits = min((cluster.get(name, 0.0) - distillations * distill.num_workers * distill.bundle().get(name, 0.0)) / need
+               for name, need in trial.bundle().items() if need > 0)
+    beside = max(0, math.floor(fits + 1e-9) // len(spec.targets))  # 1e-9: (1 - 3 * 0.2) / 0.2 is 1.999...
+    return min(beside, spec.target.max_concurrent_trials or beside)
 
 
 def _space(ctx: PipelineContext, methods: list[str], shots: int | str) -> dict:

@@ -56,6 +56,8 @@ def write_spec(tmp: Path) -> Path:
     # stops none. These settings give the trials different values, so the early stop is exercised.
     for stage in ("source", "distill", "target"):
         spec[stage].update(dropout="on", schedule="linear", warmup_ratio=0.05)
+    # both of the test Ray's 2 CPUs to the distillation: no baseline trial fits beside it
+    spec["distill"]["resources"] = {"num_workers": 2, "cpus_per_worker": 1}
     path = tmp / "two_targets.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -110,6 +112,17 @@ def test_trials_stopped_early_end_finished_with_the_readme_tag(store):
     assert {r.data.params["method"] for r in stopped} == {"mpt"}  # the baselines run FIFO
     readme = (Path(SMOKE).parents[1] / "README.md").read_text()
     assert f"`{STOPPED_TAG}`" in readme
+
+
+def test_the_baselines_wait_for_a_distillation_that_holds_every_cpu(store):
+    """Started beside it, the baseline sweeps would take the CPUs first and keep them (Tune reuses a
+    trial's resources for the next trial), and the distillation would wait for all of them."""
+    _, _, runs, out = store
+    assert "[pipeline] baseline sweeps: after the distillation" in out
+    (distill,) = [r for r in runs if r.data.tags.get(STAGE_TAG) == "distill"]
+    baselines = [r for r in runs if r.data.tags.get("mpt.sweep", "").endswith("-baselines")]
+    assert len(baselines) == 2 * 4  # per target: vanilla_pt, head_only and single_source from each source
+    assert min(r.info.start_time for r in baselines) >= distill.info.end_time
 
 
 def test_local_and_hf_tasks_run_end_to_end(store, tmp_path):
