@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import NamedTuple
 
 import pandas as pd
 import ray
@@ -108,18 +109,30 @@ def node_env(local_ray: bool) -> dict:
     return {"env_vars": env}
 
 
-def seed_branch(ctx: PipelineContext, env: dict, baselines_wait: bool):
+class Branch(NamedTuple):
+    """One seed's sources and distillation as what target trials start from, and its training nodes."""
+
+    mpt: ray.ObjectRef  # Starts with the shared prompt
+    baselines: ray.ObjectRef  # Starts without it, ready when the sources (and joint student) are
+    baselines_after_distill: ray.ObjectRef | None  # the same, ready only when the distillation ends
+    trainers: list[ray.ObjectRef]  # for ``stop``
+
+
+def seed_branch(ctx: PipelineContext, env: dict, baselines_wait: bool) -> Branch:
     """Sources (fan-out) -> distill (join), and the joint_multitask student when asked for (it needs no
-    teachers: it trains beside the sources), gathered twice as what target trials start from: with the
-    shared prompt for MPT, and without it for the baselines, which then wait for the distillation only
-    when ``baselines_wait``. Also returns the branch's training nodes, for ``stop``."""
+    teachers: it trains beside the sources), gathered as what target trials start from: with the
+    shared prompt for MPT, and without it for the baselines, which then need not wait for the
+    distillation; with ``baselines_wait``, also without it but after it, for baselines that must."""
     teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in ctx.spec.sources]
     shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
     joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in ctx.spec.target.baselines else None
-    trainers = [*teachers, shared, *([joint] if joint else [])]
-    return (starts_node.options(runtime_env=env).remote(ctx.spec.seed, shared, joint, *teachers),
-            starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers,
-                                                        after=shared if baselines_wait else None), trainers)
+
+    def baseline_starts(after: ray.ObjectRef | None) -> ray.ObjectRef:
+        return starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers, after=after)
+
+    return Branch(starts_node.options(runtime_env=env).remote(ctx.spec.seed, shared, joint, *teachers),
+                  baseline_starts(None), baseline_starts(shared) if baselines_wait else None,
+                  [*teachers, shared, *([joint] if joint else [])])
 
 
 def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
@@ -127,16 +140,18 @@ def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     env = node_env(ctx.local_ray)
     # seed_scope pipeline: one branch per seed, each seed's trials starting from its own shared prompt
     seeds = spec.seed_list() if spec.seed_scope == "pipeline" else [spec.seed]
-    # a local Ray has the CPUs it started with; a cluster's autoscaler adds nodes for a job that waits
-    beside = target.baseline_trials_beside_distill(spec, ray.cluster_resources(), len(seeds)) if ctx.local_ray else None
-    if beside is not None:
-        log.info("[pipeline] baseline sweeps: %s", f"beside the distillation, at most {beside} trial(s) each"
-                 if beside else "after the distillation (this Ray cannot train it and a trial per target at once)")
-    branches = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env, beside == 0) for s in seeds]
-    mpt_starts, baseline_starts = [b[0] for b in branches], [b[1] for b in branches]
-    trainers = [ref for b in branches for ref in b[2]]
+    # a local Ray has the CPUs it started with (a cluster's autoscaler adds nodes for a job that
+    # waits): there each target's baseline sweep gets the trials that fit beside the distillations
+    beside = target.baseline_trials_beside_distill(spec, ray.cluster_resources(), len(seeds)) if ctx.local_ray else {}
+    if beside:
+        log.info("[pipeline] baseline sweeps beside the distillation: %s", ", ".join(
+            f"{task} {f'at most {n} trial(s) at once' if n else 'none (it starts when the distillation ends)'}"
+            for task, n in beside.items()))
+    branches = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env, 0 in beside.values()) for s in seeds]
+    mpt_starts, trainers = [b.mpt for b in branches], [ref for b in branches for ref in b.trainers]
     baselines = {task: baselines_node.options(runtime_env=env).remote(
-                     ctx, task, beside or spec.target.max_concurrent_trials, *baseline_starts)
+                     ctx, task, beside.get(task) or spec.target.max_concurrent_trials,
+                     *[b.baselines_after_distill if beside.get(task) == 0 else b.baselines for b in branches])
                  for task in spec.targets}
     targets = [target_node.options(runtime_env=env).remote(ctx, task, [baselines[task]], *mpt_starts)
                for task in spec.targets]

@@ -255,10 +255,11 @@ def run_baseline_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Start
     return rows
 
 
-def baseline_trials_beside_distill(spec: PipelineSpec, cluster: dict[str, float], distillations: int) -> int:
+def baseline_trials_beside_distill(spec: PipelineSpec, cluster: dict[str, float], distillations: int) -> dict[str, int]:
     """How many trials each target's baseline sweep may run at once beside the distillations on a Ray
-    of fixed size (``cluster``: its resources) and still leave them theirs; 0 where it cannot hold the
-    distillations and one baseline trial per target, so that the baselines must wait for them.
+    of fixed size (``cluster``: its resources), so that they leave the distillations theirs. The
+    trials that fit are shared out in the spec's target order; a target given none (0) must wait for
+    the distillations.
 
     Tune keeps a finished trial's process and resources for its next trial, so a sweep holds what it
     once got until it ends. Uncapped baseline sweeps started beside the distillation take every free
@@ -268,8 +269,10 @@ def baseline_trials_beside_distill(spec: PipelineSpec, cluster: dict[str, float]
     distill, trial = spec.distill.resources, spec.target.resources
     fits = min((cluster.get(name, 0.0) - distillations * distill.num_workers * distill.bundle().get(name, 0.0)) / need
                for name, need in trial.bundle().items() if need > 0)
-    beside = max(0, math.floor(fits + 1e-9) // len(spec.targets))  # 1e-9: (1 - 3 * 0.2) / 0.2 is 1.999...
-    return min(beside, spec.target.max_concurrent_trials or beside)
+    free = max(0, math.floor(fits + 1e-9))  # 1e-9: (1 - 3 * 0.2) / 0.2 is 1.999...
+    share, extra = divmod(free, len(spec.targets))
+    cap = spec.target.max_concurrent_trials or free
+    return {task: min(share + (i < extra), cap) for i, task in enumerate(spec.targets)}
 
 
 def _space(ctx: PipelineContext, methods: list[str], shots: int | str) -> dict:

@@ -114,7 +114,7 @@ def test_the_baselines_start_while_the_distillation_trains(seq_cls_store):
     where before it came after the MPT sweep. The test's Ray has 2 CPUs: the distillation takes one
     (2 workers x 0.5), which leaves room for two baseline trials (0.5 each) beside it, and no more."""
     _, out = seq_cls_store
-    assert "[pipeline] baseline sweeps: beside the distillation, at most 2 trial(s) each" in out
+    assert "[pipeline] baseline sweeps beside the distillation: review_polarity at most 2 trial(s) at once" in out
     lines = out.splitlines()
     baselines = [i for i, line in enumerate(lines) if line.startswith("[target:review_polarity] baselines")]
     sweep = [i for i, line in enumerate(lines) if line.startswith("[target:review_polarity] sweep over")]

@@ -118,7 +118,8 @@ def test_the_baselines_wait_for_a_distillation_that_holds_every_cpu(store):
     """Started beside it, the baseline sweeps would take the CPUs first and keep them (Tune reuses a
     trial's resources for the next trial), and the distillation would wait for all of them."""
     _, _, runs, out = store
-    assert "[pipeline] baseline sweeps: after the distillation" in out
+    assert ("[pipeline] baseline sweeps beside the distillation: review_polarity none (it starts when the "
+            "distillation ends), topic none (it starts when the distillation ends)") in out
     (distill,) = [r for r in runs if r.data.tags.get(STAGE_TAG) == "distill"]
     baselines = [r for r in runs if r.data.tags.get("mpt.sweep", "").endswith("-baselines")]
     assert len(baselines) == 2 * 4  # per target: vanilla_pt, head_only and single_source from each source
