@@ -153,7 +153,8 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
         f"({t.scheduler.type}) + {baseline_trials} baseline trial(s), {t.steps} steps per trial, "
         f"{res(t.resources)} per trial, max concurrent {t.max_concurrent_trials or 'unlimited'} per sweep",
         *(["     - the baseline sweeps start when the sources end, beside the distillation (they do not start "
-           "from the shared prompt); on a local Ray with no room beside it for a trial per target, after it"]
+           "from the shared prompt); on a local Ray capped to the trials that fit beside it, and a target given "
+           "none starts them when it ends"]
           if baseline_methods else []),
         *([f"     - seed_scope pipeline: steps 1 and 2 run once per seed ({len(seeds)} x)"]
           if spec.seed_scope == "pipeline" and len(seeds) > 1 else []),
