@@ -1,6 +1,6 @@
 """The Ray task graph: sources (fan-out) -> distill (join) -> targets (fan-out) -> report (join),
-with each target's baselines started from the sources beside the distillation (after it, on a local
-Ray too small to train both at once), the joint_multitask
+with each target's baselines started from the sources beside the distillation (on a local Ray, only as
+many as fit beside it; a target given none starts them after it), the joint_multitask
 ablation's student beside the sources when a spec asks for it, and with ``seed_scope: pipeline``
 one sources-and-distill branch per seed.
 

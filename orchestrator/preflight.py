@@ -113,7 +113,7 @@ def autoscaling_node_types(config: dict | str | os.PathLike | None = None) -> li
     return out
 
 
-def _fits(bundle: dict[str, float], offer: dict[str, float]) -> int:
+def bundles_that_fit(bundle: dict[str, float], offer: dict[str, float]) -> int:
     """How many copies of ``bundle`` fit in ``offer`` at once."""
     counts = [math.floor(float(offer.get(k, 0.0)) / v + EPS) for k, v in bundle.items() if v > 0]
     return max(0, min(counts)) if counts else 1_000_000
@@ -147,7 +147,7 @@ def resource_issues(spec: PipelineSpec, nodes: list[dict], node_types: list[dict
         bundle = res.bundle()
         value = res.model_dump()
         per_worker = f"each worker of a {what}" if is_train_job else f"each {what}"
-        if not any(_fits(bundle, offer) for offer in potential):
+        if not any(bundles_that_fit(bundle, offer) for offer in potential):
             best = {k: max((float(o.get(k, 0.0)) for o in potential), default=0.0) for k in bundle}
             if "GPU" in bundle and best["GPU"] <= 0:
                 issues.append(SpecIssue(
@@ -168,8 +168,8 @@ def resource_issues(spec: PipelineSpec, nodes: list[dict], node_types: list[dict
                 fix=f"lower {lowers}, or add a larger node type ({NODE_TYPES_HINT})"))
             continue
         if is_train_job and res.num_workers > 1:
-            capacity = sum(_fits(bundle, o) for o in offers) + sum(
-                _fits(bundle, t["resources"]) * int(t["max_workers"]) for t in types)
+            capacity = sum(bundles_that_fit(bundle, o) for o in offers) + sum(
+                bundles_that_fit(bundle, t["resources"]) * int(t["max_workers"]) for t in types)
             if capacity < res.num_workers:
                 issues.append(SpecIssue(
                     field=field, value=value,

@@ -38,6 +38,7 @@ from ..method.distill import SharedPrompt, Teacher
 from ..method.metrics import compute_metric
 from ..method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
 from ..method.train import autocast, batch_stream, evaluate, fit, predict, task_loss, to_device
+from ..preflight import bundles_that_fit
 from ..spec import PipelineSpec, SearchSpace
 from ..tracking import (FINGERPRINT_TAG, PIPELINE_TAG, STOPPED_TAG, RunLogger, TrackingContext, child_run,
                         root_cause)
@@ -267,9 +268,9 @@ def baseline_trials_beside_distill(spec: PipelineSpec, cluster: dict[str, float]
     on 2 CPUs (README, "Performance"), while its MPT sweeps, the last stage, wait for it.
     """
     distill, trial = spec.distill.resources, spec.target.resources
-    fits = min((cluster.get(name, 0.0) - distillations * distill.num_workers * distill.bundle().get(name, 0.0)) / need
-               for name, need in trial.bundle().items() if need > 0)
-    free = max(0, math.floor(fits + 1e-9))  # 1e-9: (1 - 3 * 0.2) / 0.2 is 1.999...
+    left = {name: amount - distillations * distill.num_workers * distill.bundle().get(name, 0.0)
+            for name, amount in cluster.items()}
+    free = bundles_that_fit(trial.bundle(), left)
     share, extra = divmod(free, len(spec.targets))
     cap = spec.target.max_concurrent_trials or free
     return {task: min(share + (i < extra), cap) for i, task in enumerate(spec.targets)}
