@@ -14,6 +14,7 @@ import ray.train.torch
 import torch
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
 from safetensors.torch import load_file, save_file
 
 from ..ddp import NodeBoundTorchConfig
@@ -87,29 +88,53 @@ def scaling(res: Resources) -> ray.train.ScalingConfig:
                                    resources_per_worker=res.bundle())
 
 
+class NoAutoscalerScalingPolicy(FixedScalingPolicy):
+    """Ray Train's fixed-size policy without its resource requests to Ray Data's autoscaling
+    coordinator: a detached actor, one more process importing Ray Train and Ray Data (10 CPU-s in
+    the demo's profile), that each job's controller calls every 20 s. A Ray this run started has no
+    autoscaler to pass the requests to."""
+
+    def after_controller_start(self, train_run_context) -> None:
+        pass
+
+    def _send_resource_request(self) -> None:
+        pass
+
+    def _maybe_send_resource_request(self) -> None:
+        pass
+
+
 class StageTrainer(ray.train.torch.TorchTrainer):
-    """Ray Train 2.60's ``TorchTrainer`` without two of the helper actors it starts for every job, each
-    a process that imports Ray Train (4-8 s of CPU in the demo's profile), and without leaving the
-    job's controller alive after ``fit``.
+    """Ray Train 2.60's ``TorchTrainer`` without the helper actors it starts that the stages do not
+    need, each a process that imports Ray Train (4-10 s of CPU in the demo's profile), and without
+    leaving the job's controller alive after ``fit``.
 
     - The dataset manager serves Ray Data shards to the workers (and makes each of them import Ray
       Data): the stages pass no datasets.
-    - On a Ray this run started, the placement-group cleaner. It asks the State API every second
-      whether the controller died; that API lives in the dashboard, which such a Ray does not start,
-      so every call fails and it logs a warning instead, for as long as the job runs. A cluster keeps it.
+    - On a Ray this run started (``local_ray``), the placement-group cleaner. It asks the State API
+      every second whether the controller died; that API lives in the dashboard, which such a Ray
+      does not start, so every call fails and it logs a warning instead, for as long as the job runs.
+    - On a Ray this run started, the autoscaling coordinator (``NoAutoscalerScalingPolicy``).
 
-    Ray Train has no switch for either, so the default callback list is filtered; a unit test fails
-    if a Ray upgrade renames what is filtered.
+    A cluster keeps the last two. Ray Train has no switch for any of them, so the default callback
+    list is filtered and the controller gets another scaling policy; a unit test fails if a Ray
+    upgrade renames what is filtered, and test_ddp if the coordinator starts again.
     """
 
-    def __init__(self, *args, keep_placement_group_cleaner: bool, **kwargs):
-        self._dropped = (DatasetsCallback, *(() if keep_placement_group_cleaner else (PlacementGroupCleanerCallback,)))
+    def __init__(self, *args, local_ray: bool, **kwargs):
+        self._local_ray = local_ray
+        self._dropped = (DatasetsCallback, *((PlacementGroupCleanerCallback,) if local_ray else ()))
         super().__init__(*args, **kwargs)
         if self.datasets:
             raise ValueError("StageTrainer starts no dataset manager: it takes no datasets")
 
     def _create_default_callbacks(self) -> list:
         return [c for c in super()._create_default_callbacks() if not isinstance(c, self._dropped)]
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs) -> ray.train.Result:
+        if self._local_ray:
+            controller_init_kwargs["scaling_policy"] = NoAutoscalerScalingPolicy(self.scaling_config)
+        return super()._initialize_and_run_controller(**controller_init_kwargs)
 
     def fit(self) -> ray.train.Result:
         # fit() installs a SIGINT handler that holds the job's controller actor, which then outlives the
@@ -130,7 +155,7 @@ def fit_trainer(ctx: PipelineContext, loop, config: dict, res: Resources, key: s
         run_config=ray.train.RunConfig(name=ctx.job_name(key), storage_path=ctx.storage,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures)),
-        keep_placement_group_cleaner=not ctx.local_ray,
+        local_ray=ctx.local_ray,
     ).fit()
 
 

@@ -48,10 +48,12 @@ def test_two_workers_rendezvous_on_the_node_ip_only(local_ray, tmp_path):
         rendezvous_loop, train_loop_config={"out": str(tmp_path / "rank0.json")}, torch_config=NodeBoundTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=2),
         run_config=ray.train.RunConfig(name="ddp-rendezvous", storage_path=str(tmp_path)),
-        keep_placement_group_cleaner=False,
+        local_ray=True,
     ).fit()
     # Ray Train's own handler would hold the job's controller alive after the job
     assert signal.getsignal(signal.SIGINT) is sigint
+    # nor does the job leave Ray Data's autoscaling coordinator behind (a detached actor, one more process)
+    assert "AutoscalingCoordinator" not in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
     m = json.loads((tmp_path / "rank0.json").read_text())
     assert (m["rank"], m["world"], m["sum"]) == (0, 2, 3.0)  # 1 + 2: both ranks took part
     node_ip = ray.util.get_node_ip_address()
