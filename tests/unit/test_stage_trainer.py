@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import ray.train
 from ray.train.torch import TorchTrainer
-
 from ray.train.v2._internal.execution.scaling_policy import ResizeDecision, ScalingPolicy
 
 from orchestrator.stages.worker import NoAutoscalerScalingPolicy, StageTrainer
