@@ -90,14 +90,12 @@ def scaling(res: Resources) -> ray.train.ScalingConfig:
 
 class NoAutoscalerScalingPolicy(FixedScalingPolicy):
     """Ray Train's fixed-size policy without its resource requests to Ray Data's autoscaling
-    coordinator: a detached actor, one more process importing Ray Train and Ray Data (10 CPU-s in
-    the demo's profile), that each job's controller calls every 20 s. A Ray this run started has no
-    autoscaler to pass the requests to."""
+    coordinator: a detached actor, one more process importing Ray Train and Ray Data (8-10 CPU-s in
+    profiles of the demo), that each job's controller calls every 20 s. A Ray this run started has
+    no autoscaler to pass the requests to. (Ray's only other sender of a request is
+    ``after_controller_start``.)"""
 
     def after_controller_start(self, train_run_context) -> None:
-        pass
-
-    def _send_resource_request(self) -> None:
         pass
 
     def _maybe_send_resource_request(self) -> None:

@@ -35,7 +35,7 @@ def test_the_stage_trainer_refuses_datasets_it_could_not_serve():
 
 def test_the_local_scaling_policy_sizes_the_group_without_an_autoscaling_coordinator():
     # Ray's methods it replaces exist (a rename would bring the coordinator back)
-    replaced = {"after_controller_start", "_send_resource_request", "_maybe_send_resource_request"}
+    replaced = {"after_controller_start", "_maybe_send_resource_request"}
     assert replaced <= set(vars(NoAutoscalerScalingPolicy)) and all(hasattr(ScalingPolicy, m) for m in replaced)
     policy = NoAutoscalerScalingPolicy(ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}))
     policy.after_controller_start(None)
