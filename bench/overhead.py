@@ -425,7 +425,9 @@ def main() -> None:
         ("seed_scope: pipeline over several seeds", spec.seed_scope == "pipeline" and len(spec.seed_list()) > 1),
         ("GPU workers", any(s.resources.use_gpu for s in (spec.source, spec.distill, spec.target)))) if yes]
     if unsupported and parts & {"P1", "P2", "P4"}:
-        sys.exit(f"the plain loop does not implement {', '.join(unsupported)}; choose parts with --only P3")
+        sys.exit(f"the plain loop does not implement {', '.join(unsupported)}; choose parts with --only P3"
+                 + (", or add --set seed_scope=targets (the demo's default is pipeline)" if "seed_scope" in
+                    " ".join(unsupported) else ""))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         benchmark(args, spec, parts, Path(args.out).resolve())

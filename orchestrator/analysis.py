@@ -1,5 +1,7 @@
 """The report of finished pipeline runs, read from MLflow alone: how each method scores over seeds,
-and whether MPT's difference from each other method is larger than the test set's noise.
+whether MPT's difference from each other method outlasts retraining and the test sample
+(``stats.compare``), what the seeds could have detected, and whether runs of one spec at other
+seeds reach the same verdicts.
 
 What it reads is the contract of docs/design.md: parent runs (the spec as params), target trial
 runs (tags ``mpt.method``, ``mpt.best``; params ``seed``, ``shots``, the config; ``eval_<metric>``
@@ -15,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
@@ -27,9 +30,18 @@ from .tracking import PARENT_TAG, PIPELINE_TAG, STAGE_TAG, STOPPED_TAG, TASK_TAG
 
 BASELINE = "mpt"  # the method every other one is compared against
 REUSED_TARGET = "mpt.reused.target:"  # on a parent run: the earlier parent run whose target results it reused
+SEED_PARAMS = ("seed", "seeds")  # what replicas of one spec differ in
 RESULT_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "mean", "sd", "low", "high", "rank",
                   "lr", "head_lr", "trainable_params", "steps_trained", "wall_time_s"]
-COMPARISON_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "diff", "low", "high", "verdict"]
+COMPARISON_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "diff", "low", "high",
+                      "p_improvement", "detectable", "seeds_needed", "shared_prompt", "verdict"]
+REPLICATION_COLUMNS = ["task", "shots", "method", "runs", "verdicts", "agreement"]
+PER_SEED, ONE_PROMPT = "retrained per seed", "one for all seeds"  # the shared_prompt column
+CONTRADICTION = "CONTRADICTION"
+HEADING = ("MPT minus each method on test: {n} comparison(s), each at 95% on its own (not corrected for "
+           "the others: with no real difference anywhere, about {expected:.1f} of them would still read better "
+           "or worse).\nThe interval covers retraining (seed to seed) and the test sample; P(>) is the share of "
+           "seed pairs MPT wins; `detectable` the difference these seeds find 80% of the time.")
 
 
 @dataclass
@@ -37,6 +49,7 @@ class Report:
     runs: pd.DataFrame  # one row per parent run: id, run tag, wall time, the spec values that differ
     results: pd.DataFrame  # one row per (pipeline run, task, shots, method): the chosen config over seeds
     comparison: pd.DataFrame  # MPT minus each other method: paired difference, interval, verdict
+    replication: pd.DataFrame  # per target and method, the verdicts of runs that differ only in their seeds
     out_dir: Path
     files: list[Path]
     client: MlflowClient = field(repr=False)
@@ -114,19 +127,48 @@ def _summarise(client: MlflowClient, tag: str, trials: pd.DataFrame, tmp: Path):
     return rows, predictions, curves
 
 
-def _compare(tag: str, results: list[dict], predictions: dict) -> list[dict]:
+def _compare(tag: str, results: list[dict], predictions: dict, shared_prompt: str) -> list[dict]:
     rows = []
     for mpt in (r for r in results if r["method"] == BASELINE):
         for other in (r for r in results if (r["task"], r["shots"]) == (mpt["task"], mpt["shots"])
                       and family(r["method"]) != BASELINE):
             a, b = (predictions[(r["task"], r["shots"], r["method"])] for r in (mpt, other))
             seeds = sorted(set(a) & set(b))  # paired by seed: a seed only one method ran has no partner
-            diff = stats.paired_bootstrap(a[seeds[0]]["labels"], [a[s]["predictions"] for s in seeds],
-                                          [b[s]["predictions"] for s in seeds], mpt["metric"])
+            diff = stats.compare(a[seeds[0]]["labels"], [a[s]["predictions"] for s in seeds],
+                                 [b[s]["predictions"] for s in seeds], mpt["metric"])
             rows.append({"pipeline_run": tag, "task": mpt["task"], "shots": mpt["shots"], "method": other["method"],
                          "metric": mpt["metric"], "n_seeds": len(seeds), "diff": diff.observed, "low": diff.low,
-                         "high": diff.high, "verdict": stats.verdict(diff.low, diff.high)})
+                         "high": diff.high, "p_improvement": diff.p_improvement, "detectable": diff.detectable,
+                         "seeds_needed": diff.seeds_needed, "shared_prompt": shared_prompt if len(seeds) > 1 else "",
+                         "verdict": diff.verdict})
     return rows
+
+
+def _shared_prompt(parent: Run) -> str:
+    """Whether the seeds retrained the sources and the shared prompt (``seed_scope``; runs logged
+    before it existed trained them once)."""
+    return PER_SEED if parent.data.params.get("seed_scope", "targets") == "pipeline" else ONE_PROMPT
+
+
+def _replication(parents: list[Run], comparison: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose specs differ only in their seeds replicate one another: per target, budget and
+    method their verdicts should agree. ``better`` in one and ``worse`` in another is a
+    contradiction; a verdict in one and none in another is what low power gives, and is shown as such."""
+    groups: dict[str, list[str]] = {}
+    for p in parents:
+        spec = sorted((k, v) for k, v in p.data.params.items() if k not in SEED_PARAMS)
+        groups.setdefault(repr(spec), []).append(p.data.tags[PIPELINE_TAG])
+    rows = []
+    for tags in (t for t in groups.values() if len(t) > 1):
+        shown = comparison[comparison["pipeline_run"].isin(tags)]
+        for (task, shots, method), rows_of in shown.groupby(["task", "shots", "method"], sort=True):
+            verdicts = dict(zip(rows_of["pipeline_run"], rows_of["verdict"]))
+            found = set(verdicts.values())
+            agreement = (CONTRADICTION if {"better", "worse"} <= found else "agree" if len(found) == 1
+                         else "differ (one found what the other could not: not a contradiction)")
+            rows.append({"task": task, "shots": shots, "method": method, "runs": ", ".join(verdicts),
+                         "verdicts": "; ".join(f"{run}: {v}" for run, v in verdicts.items()), "agreement": agreement})
+    return pd.DataFrame(rows, columns=REPLICATION_COLUMNS)
 
 
 def _runs_table(parents: list[Run]) -> pd.DataFrame:
@@ -149,15 +191,17 @@ def build_report(client: MlflowClient, experiment_id: str, parent_run_ids: list[
             trials = _trials(client, parent)
             rows, predictions, run_curves = _summarise(client, tag, trials, Path(tmp))
             results += rows
-            comparison += _compare(tag, rows, predictions)
+            comparison += _compare(tag, rows, predictions, _shared_prompt(parent))
             curves += run_curves
             mpt = trials[trials["family"] == BASELINE]
             budgets += [{"pipeline_run": tag, "task": task, "shots": shots, "trained": int(g["steps_trained"].sum()),
                          "grid": int(g["budget"].sum())} for (task, shots), g in mpt.groupby(["task", "shots"])]
-    report = Report(_runs_table(parents), pd.DataFrame(results, columns=RESULT_COLUMNS),
-                    pd.DataFrame(comparison, columns=COMPARISON_COLUMNS), Path(out_dir), [], client)
+    comparison = pd.DataFrame(comparison, columns=COMPARISON_COLUMNS)
+    report = Report(_runs_table(parents), pd.DataFrame(results, columns=RESULT_COLUMNS), comparison,
+                    _replication(parents, comparison), Path(out_dir), [], client)
     report.out_dir.mkdir(parents=True, exist_ok=True)
-    report.files = _write_tables(report) + plots.write_all(report.results, pd.concat(curves) if curves else None,
+    report.files = _write_tables(report) + plots.write_all(report.results, report.comparison,
+                                                           pd.concat(curves) if curves else None,
                                                            pd.DataFrame(budgets), report.out_dir)
     return report
 
@@ -166,14 +210,47 @@ def _write_tables(report: Report) -> list[Path]:
     out = report.out_dir
     report.results.to_csv(out / "results.csv", index=False)
     report.comparison.to_csv(out / "comparison.csv", index=False)
+    files = [out / "summary.md", out / "results.csv", out / "comparison.csv"]
     lines = ["# Report", "", "## Runs", ""]
     lines += [f"- `{r.pipeline_run}` (parent run `{r.parent_run_id}`, {r.wall_time_s or float('nan'):.0f} s): "
               + (f"differs in {r.differences}" if r.differences else "no spec differences") for r in report.runs.itertuples()]
     lines += ["", "## Test metric over seeds (chosen config, 95% t interval)", "", _markdown(report.results), "",
-              "## MPT minus each method (paired bootstrap over test examples, 95%, mean over seeds)", "",
-              _markdown(report.comparison), ""]
+              "## MPT minus each method", "", _heading(report.comparison), "", _markdown(report.comparison), "",
+              *[f"- {line}" for line in readings(report.comparison)], ""]
+    if len(report.runs) > 1:
+        report.replication.to_csv(out / "replication.csv", index=False)
+        files.append(out / "replication.csv")
+        lines += ["## Replication: runs that differ only in their seeds", "", _markdown(report.replication)
+                  if not report.replication.empty else "(no two runs share a spec apart from their seeds)", ""]
     (out / "summary.md").write_text("\n".join(lines))
-    return [out / "summary.md", out / "results.csv", out / "comparison.csv"]
+    return files
+
+
+def _heading(comparison: pd.DataFrame) -> str:
+    judged = int((comparison["verdict"] != stats.ONE_SEED).sum())
+    return HEADING.format(n=judged, expected=0.05 * judged)
+
+
+def readings(comparison: pd.DataFrame) -> list[str]:
+    """Each comparison in words: the verdict, how sure the seeds are, and what they could have seen."""
+    out = []
+    for r in comparison.itertuples():
+        name = f"{r.task}{'' if r.shots == 'full' else f' ({r.shots} shots)'}, MPT - {r.method} ({r.pipeline_run})"
+        if r.verdict == stats.ONE_SEED:
+            out.append(f"{name}: {r.diff:+.3f} at one seed: no verdict (a verdict needs at least 2 seeds)")
+            continue
+        line = (f"{name}: {r.verdict} at {r.n_seeds} seeds, {r.diff:+.3f} [{r.low:+.3f}, {r.high:+.3f}], "
+                f"P(MPT > {r.method}) = {r.p_improvement:.2f}")
+        if np.isnan(r.detectable):
+            line += "; the difference is the same at every seed and on every example (0: the same predictions)"
+        elif r.verdict == stats.NO_DIFFERENCE:
+            needed = (f"about {r.seeds_needed:.0f} seeds would detect {abs(r.diff):.3f}" if np.isfinite(r.seeds_needed)
+                      else f"no number of seeds would detect {abs(r.diff):.3f} on this test set")
+            line += f"; only a difference above {r.detectable:.3f} could have been detected; {needed}"
+        if r.shared_prompt == ONE_PROMPT:
+            line += "; given the one shared prompt all seeds started from (seed_scope: targets)"
+        out.append(line)
+    return out
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -197,19 +274,32 @@ def log_to_parent(report: Report, parent_run_id: str) -> None:
     tag = report.runs.set_index("parent_run_id").loc[parent_run_id, "pipeline_run"]
     metrics = {}
     for _, row in report.comparison[report.comparison["pipeline_run"] == tag].iterrows():
-        for prefix, column in (("diff", "diff"), ("diff_low", "low"), ("diff_high", "high")):
-            metrics[metric_name(prefix, row)] = float(row[column])
+        for prefix, column in (("diff", "diff"), ("diff_low", "low"), ("diff_high", "high"),
+                               ("diff_p_improvement", "p_improvement"), ("diff_detectable", "detectable")):
+            if np.isfinite(row[column]):  # one seed has no interval
+                metrics[metric_name(prefix, row)] = float(row[column])
     now = int(pd.Timestamp.now().timestamp() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
 
 
 def format_verdicts(report: Report) -> str:
-    """The comparison as a console table."""
+    """The comparison as a console table, each comparison in words, and the replication across runs."""
     if report.comparison.empty:
         return "No comparison: no run has both MPT and another method chosen on the same task."
-    shown = report.comparison.assign(
-        diff=report.comparison["diff"].map("{:+.4f}".format),
-        interval=[f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(report.comparison["low"], report.comparison["high"])])
-    columns = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "diff", "interval", "verdict"]
-    return ("MPT minus each method on test (paired bootstrap over test examples, 95%, mean over seeds):\n"
-            + shown[columns].to_string(index=False))
+    table = report.comparison
+    shown = table.assign(
+        diff=table["diff"].map("{:+.3f}".format),
+        interval=[f"[{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else "" for lo, hi in zip(table["low"], table["high"])],
+        **{"P(>)": table["p_improvement"].map(lambda p: f"{p:.2f}" if np.isfinite(p) else ""),
+           "detectable": table["detectable"].map(lambda d: f"{d:.3f}" if np.isfinite(d) else "")})
+    columns = ["pipeline_run", "task", "shots", "method", "n_seeds", "diff", "interval", "P(>)", "detectable",
+               "shared_prompt", "verdict"]
+    lines = [_heading(table), shown[columns].to_string(index=False), "", *readings(table)]
+    if len(report.runs) > 1:
+        lines += ["", "Replication (runs that differ only in their seeds):",
+                  report.replication.drop(columns="runs").to_string(index=False)
+                  if not report.replication.empty else "  none: no two runs share a spec apart from their seeds"]
+        lines += [f"{CONTRADICTION}: {r.task} ({r.shots}), MPT against {r.method}: {r.verdicts}. The verdicts cannot "
+                  "both hold; distrust both, and run more seeds." for r in report.replication.itertuples()
+                  if r.agreement == CONTRADICTION]
+    return "\n".join(lines)

@@ -164,8 +164,10 @@ def record_target(ctx, task: str, rows: list[dict]) -> None:
 
 
 def _note_reuse(ctx, key: str, run_id: str) -> None:
-    RunLogger(ctx.tracking.uri, ctx.tracking.parent_run_id).set_tags({f"mpt.reused.{key}": run_id})
-    log.info("[cache] %s: reused from run %s (same fingerprint)", key, run_id)
+    # each seed's branch reuses its own stages: the seed label keeps their tags apart
+    name = ctx.tag(key)
+    RunLogger(ctx.tracking.uri, ctx.tracking.parent_run_id).set_tags({f"mpt.reused.{name}": run_id})
+    log.info("[cache] %s: reused from run %s (same fingerprint)", name, run_id)
 
 
 def reused_stages(uri: str, parent_run_id: str) -> dict[str, str]:

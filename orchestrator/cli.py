@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each replica reserves (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each replica reserves (default 0)")
     p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns (classification only)")
-    p = verbs.add_parser("report", help="per-method intervals over seeds and MPT's paired differences, from MLflow")
+    p = verbs.add_parser("report", help="per-method intervals over seeds, MPT's verdicts against each method and "
+                                        "their replication across runs, from MLflow")
     p.add_argument("experiment", metavar="EXPERIMENT", help="MLflow experiment (tracking.experiment, default the spec name)")
     p.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID",
                    help="parent (pipeline) run ids to report and compare; default: the latest finished one")
@@ -140,7 +141,9 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
     baseline_trials = t.search_space.trial_count(baseline_methods, t.num_samples, len(seeds)) * len(budgets)
     lines = [
         f"pipeline {spec.name}: model {spec.model.name_or_path} ({spec.model.task_type}), "
-        f"{spec.prompt.num_virtual_tokens} virtual tokens, seed {spec.seed} (data, sources, distillation)",
+        f"{spec.prompt.num_virtual_tokens} virtual tokens, "
+        + (f"seeds {seeds} (each its own sources and distillation; target data splits from seed {spec.seed})"
+           if spec.seed_scope == "pipeline" and len(seeds) > 1 else f"seed {spec.seed} (data, sources, distillation)"),
         f"1. sources: {len(spec.sources)} Ray Train jobs in parallel, {spec.source.steps} steps each, "
         f"{res(spec.source.resources)} per job",
         *[f"     - source {name}" for name in spec.sources],
@@ -156,15 +159,17 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
            "from the shared prompt); on a local Ray capped to the trials that fit beside it, and a target given "
            "none starts them when it ends"]
           if baseline_methods else []),
-        *([f"     - seed_scope pipeline: steps 1 and 2 run once per seed ({len(seeds)} x)"]
-          if spec.seed_scope == "pipeline" and len(seeds) > 1 else []),
+        *([f"     - seed_scope pipeline: steps 1 and 2 run once per seed ({len(seeds)} x)"
+           if spec.seed_scope == "pipeline" else "     - seed_scope targets: steps 1 and 2 run once, at the first "
+           "seed; the verdicts hold for that one shared prompt only"] if len(seeds) > 1 else []),
         f"     - every configuration at {len(seeds)} seed(s) {seeds}; training set: "
         f"{', '.join(b if b == 'full' else f'{b} shots per class' for b in map(str, budgets))} (one sweep each)",
         *[f"     - target {name}: search {yaml.safe_dump(t.search_space.root, default_flow_style=True).strip()}"
           for name in spec.targets],
         *([f"     - baselines: {', '.join(baseline_methods)}"] if baseline_methods else []),
         "4. report: every trial (CSV), each method over seeds with a 95% interval, MPT against each other method "
-        "(paired bootstrap verdict), plots: on the parent MLflow run",
+        + ("(a verdict over seeds and test examples, P(MPT > method), the smallest detectable difference)"
+           if len(seeds) > 1 else "(one seed: differences, no verdict)") + ", plots: on the parent MLflow run",
         *([f"5. registry: each target's best MPT trial as a version of "
            f"{spec.registry.name.format(experiment=spec.experiment_name(), task='<task>', method='mpt')}"
            f"{' (baselines too)' if spec.registry.baselines else ''}; alias @champion on the best validation"]

@@ -2,7 +2,7 @@
 with each target's baselines started from the sources beside the distillation (on a local Ray, only as
 many as fit beside it; a target given none starts them after it), the joint_multitask
 ablation's student beside the sources when a spec asks for it, and with ``seed_scope: pipeline``
-one sources-and-distill branch per seed.
+(the default) one sources-and-distill branch per seed.
 
 Built from remote tasks passing ``ObjectRef`` arguments, which Ray resolves to values before a task
 starts, so each node runs as soon as its inputs exist. A node reuses its stage's earlier result when
@@ -147,7 +147,7 @@ def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
         log.info("[pipeline] baseline sweeps beside the distillation: %s", ", ".join(
             f"{task} {f'at most {n} trial(s) at once' if n else 'none (it starts when the distillation ends)'}"
             for task, n in beside.items()))
-    branches = [seed_branch(ctx.for_seed(s) if s != spec.seed else ctx, env, 0 in beside.values()) for s in seeds]
+    branches = [seed_branch(ctx.for_seed(s) if len(seeds) > 1 else ctx, env, 0 in beside.values()) for s in seeds]
     mpt_starts, trainers = [b.mpt for b in branches], [ref for b in branches for ref in b.trainers]
     baselines = {task: baselines_node.options(runtime_env=env).remote(
                      ctx, task, beside.get(task) or spec.target.max_concurrent_trials,

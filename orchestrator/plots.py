@@ -46,6 +46,32 @@ def bars(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+def differences(comparison: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per target: MPT minus each method with its 95% interval (over retraining and the test sample),
+    the band of differences the seeds could not have detected (80% power) shaded, and P(MPT > method)."""
+    plt, paths = _pyplot(), []
+    for (task, shots), rows in comparison.groupby(["task", "shots"]):
+        rows = rows.sort_values(["method", "pipeline_run"]).reset_index(drop=True)
+        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(rows)))
+        y = np.arange(len(rows))
+        errors = np.nan_to_num([rows["diff"] - rows["low"], rows["high"] - rows["diff"]])
+        ax.errorbar(rows["diff"], y, xerr=errors, fmt="o", capsize=3)
+        for i, r in rows.iterrows():
+            if np.isfinite(r["detectable"]):
+                ax.fill_betweenx([i - 0.3, i + 0.3], -r["detectable"], r["detectable"], color="lightgray", zorder=0)
+            ax.annotate(f"{r['verdict']}" + (f", P(>) {r['p_improvement']:.2f}" if np.isfinite(r["p_improvement"]) else ""),
+                        (r["diff"], i), xytext=(0, 7), textcoords="offset points", ha="center", fontsize="small")
+        ax.axvline(0, color="black", linewidth=0.8)
+        several_runs = rows["pipeline_run"].nunique() > 1
+        ax.set_yticks(y, [f"{r.method} ({r.pipeline_run})" if several_runs else r.method for r in rows.itertuples()])
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_xlabel(f"MPT minus method, test {rows['metric'].iloc[0]} (95% interval; gray: not detectable at "
+                      "80% power)", fontsize="small")
+        ax.set_title(_label(task, shots))
+        paths.append(_save(plt, fig, _file(out_dir, "diffs", task, shots)))
+    return paths
+
+
 def curves(curve_points: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per target: the validation metric against the step, per method, mean over the chosen config's seeds."""
     plt, paths = _pyplot(), []
@@ -85,7 +111,7 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def write_all(results: pd.DataFrame, curve_points: pd.DataFrame | None, budgets: pd.DataFrame,
-              out_dir: Path) -> list[Path]:
-    paths = bars(results, out_dir) + asha_steps(budgets, out_dir)
+def write_all(results: pd.DataFrame, comparison: pd.DataFrame, curve_points: pd.DataFrame | None,
+              budgets: pd.DataFrame, out_dir: Path) -> list[Path]:
+    paths = bars(results, out_dir) + differences(comparison, out_dir) + asha_steps(budgets, out_dir)
     return paths + (curves(curve_points, out_dir) if curve_points is not None else [])

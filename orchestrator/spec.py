@@ -304,13 +304,15 @@ class PipelineSpec(Strict):
     seed: int = Field(0, description="Seed of data sampling and splits, the sources and the distillation; "
                       "with `seeds`, it is their first.")
     seeds: list[int] | None = Field(
-        None, description="Seeds the target comparison repeats over (the head's initialisation, the data order and "
-        "the few-shot draw); each method's configuration is chosen on validation averaged over seeds, then tested "
-        "at every seed. Default [seed]; intervals and verdicts need at least 2.")
+        None, description="Seeds the comparison repeats over, each a replicate of the whole method (see seed_scope); "
+        "each method's configuration is chosen on validation averaged over seeds, then tested at every seed. "
+        "Default [seed]; intervals and verdicts need at least 2.")
     seed_scope: Literal["targets", "pipeline"] = Field(
-        "targets", description="targets: seeds repeat the target comparison; the sources and the distillation "
-        "train once, at the first seed. pipeline: they repeat too, so each seed's trials start from that seed's own "
-        "shared prompt (for the variance of the shared prompt itself; K+1 more training jobs per extra seed).")
+        "pipeline", description="pipeline: each seed trains its own sources and distillation, so each seed's "
+        "trials start from that seed's own shared prompt and a verdict covers what a rerun changes (K+1 more "
+        "training jobs per extra seed). targets: the sources and the distillation train once, at the first seed, "
+        "and only the target trials repeat (cheaper; the verdicts then hold for that one shared prompt only, and "
+        "the table says so).")
     model: ModelSpec = Field(default_factory=ModelSpec)
     prompt: PromptSpec = Field(default_factory=PromptSpec)
     tasks: list[TaskSpec] = Field(min_length=1, description="Every task the pipeline uses, by name.")

@@ -23,6 +23,12 @@ class PipelineContext:
     fingerprints: dict[str, str]
     forced: frozenset[str] = frozenset()  # stages run again whatever the cache holds
     local_ray: bool = False  # a Ray this run started itself: one node, no dashboard (cli.run)
+    seed_label: str = ""  # "s1" in one seed's branch of a run whose seeds each train their own sources
+
+    def tag(self, name: str) -> str:
+        """A stage's name on the console and the progress display: ``source:topic s1`` in a branch of
+        one seed among several, so that their lines and bars stay apart."""
+        return f"{name} {self.seed_label}" if self.seed_label else name
 
     def job_name(self, key: str) -> str:
         """The Train/Tune run name of a stage. Ray resumes a run dir with the same name from its last
@@ -38,7 +44,7 @@ class PipelineContext:
         from ..cache import fingerprints  # the cache reads MLflow; a context alone does not need it
 
         spec = self.spec.for_seed(seed)
-        return dataclasses.replace(self, spec=spec, fingerprints=fingerprints(spec))
+        return dataclasses.replace(self, spec=spec, fingerprints=fingerprints(spec), seed_label=f"s{seed}")
 
     def load(self, task: str) -> TaskData:
         return load_task(self.spec.task(task), self.spec.seed)

@@ -31,7 +31,7 @@ def distill_train_loop(config: dict) -> None:
     ctx: PipelineContext = config["ctx"]
     teachers: list[Teacher] | None = config["teachers"]
     spec, stage = ctx.spec, ctx.spec.distill
-    name = "distill" if teachers else "joint_multitask"
+    name = ctx.tag("distill" if teachers else "joint_multitask")
     task_type, l = spec.model.task_type, spec.prompt.num_virtual_tokens
     datas = [ctx.load(t) for t in spec.sources]
     slices = label_slices(datas) if task_type == "SEQ_CLS" else [None] * len(datas)
@@ -67,8 +67,8 @@ def distill_train_loop(config: dict) -> None:
                                                 label_slice=slices[k], lambda_=stage.lambda_,
                                                 temperature=stage.temperature)
         if logger:
-            for name, value in parts.items():
-                logger.metric(step, name, value)
+            for part, value in parts.items():
+                logger.metric(step, part, value)
         return loss
 
     def evaluate_all() -> dict[str, float]:
@@ -101,12 +101,12 @@ def run_distill(ctx: PipelineContext, teachers: list[Teacher] | None) -> SharedP
     key, name = ("distill", "distill") if teachers else (JOINT, "joint_multitask")
     params = {**stage.model_dump(exclude={"resources"}, by_alias=True), "num_tasks": len(sources),
               "num_virtual_tokens": ctx.spec.prompt.num_virtual_tokens, "num_workers": stage.resources.num_workers,
-              "sources": ",".join(sources)}
+              "sources": ",".join(sources), "seed": ctx.spec.seed}
     if not teachers:
         params["lambda"] = 0.0  # the task loss only: no teachers to distill from
-    with child_run(ctx.tracking, "distill", "+".join(sources), name, params,
+    with child_run(ctx.tracking, "distill", "+".join(sources), ctx.tag(name), params,
                    {FINGERPRINT_TAG: ctx.fingerprints[key], "mpt.method": name}) as run:
-        log.info("[%s] %s -> one shared prompt, %d steps", name,
+        log.info("[%s] %s -> one shared prompt, %d steps", ctx.tag(name),
                  f"{len(sources)} teachers" if teachers else f"{len(sources)} source tasks, no teachers", stage.steps)
         result = worker.fit_trainer(ctx, distill_train_loop, {"ctx": ctx, "teachers": teachers, "run_id": run.run_id},
                                     stage.resources, key, stage.max_failures)
@@ -114,5 +114,5 @@ def run_distill(ctx: PipelineContext, teachers: list[Teacher] | None) -> SharedP
         run.log_tensors(SHARED_PROMPT_FILE, tensors)
         if heads:
             run.log_tensors(STUDENT_HEADS_FILE, heads)
-        log.info("[%s] done: %s", name, fmt(result.metrics))
+        log.info("[%s] done: %s", ctx.tag(name), fmt(result.metrics))
         return SharedPrompt(tensors, heads)

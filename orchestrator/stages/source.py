@@ -42,7 +42,8 @@ def source_train_loop(config: dict) -> None:
     logger = worker.rank0_logger(config)
     if logger:
         logger.log_datasets(spec.task(data.name), data, ("train", "validation"), spec.seed)
-    start, state = worker.resume(model, logger, f"source:{data.name}")
+    tag = ctx.tag(f"source:{data.name}")
+    start, state = worker.resume(model, logger, tag)
     stream = batch_stream(data.train, stage.batch_size, spec.seed + start, rank, world)
 
     def loss_fn(step: int) -> torch.Tensor:
@@ -53,14 +54,14 @@ def source_train_loop(config: dict) -> None:
     def on_eval(step: int, metrics: dict[str, float], state: dict) -> None:
         if logger:
             logger.log_metrics(step, metrics)
-            progress(log, f"source:{data.name}", step, stage.steps, metrics)
+            progress(log, tag, step, stage.steps, metrics)
         teacher = Teacher.of(data.name, worker.unwrap(model))
         worker.report_checkpoint(model, step, {**metrics, "step": step}, state, {TEACHER_FILE: teacher.tensors()})
 
     fit(model, loss_fn, steps=stage.steps, lr=stage.lr, head_lr=stage.head_lr, weight_decay=stage.weight_decay,
         eval_every=stage.eval_every,
         evaluate=worker.on_rank0(rank, lambda: evaluate(worker.unwrap(model), data, "validation", encoder)),
-        on_step=worker.step_logger(logger, f"source:{data.name}", stage.steps), on_eval=on_eval,
+        on_step=worker.step_logger(logger, tag, stage.steps), on_eval=on_eval,
         start_step=start, optimizer_state=state, **stage.optimization())
 
 
@@ -68,15 +69,15 @@ def run_source(ctx: PipelineContext, task: str) -> Teacher:
     """One source task end to end: its MLflow run, its Train job, its teacher prompt."""
     stage = ctx.spec.source
     params = {**stage.model_dump(exclude={"resources"}), "num_virtual_tokens": ctx.spec.prompt.num_virtual_tokens,
-              "num_workers": stage.resources.num_workers, "task": task}
+              "num_workers": stage.resources.num_workers, "task": task, "seed": ctx.spec.seed}
     key = f"source:{task}"
-    with child_run(ctx.tracking, "source", task, f"source-{task}", params,
+    with child_run(ctx.tracking, "source", task, ctx.tag(f"source-{task}"), params,
                    {FINGERPRINT_TAG: ctx.fingerprints[key]}) as run:
-        log.info("[source:%s] training %d steps on %d worker(s)", task, stage.steps, stage.resources.num_workers)
+        log.info("[%s] training %d steps on %d worker(s)", ctx.tag(key), stage.steps, stage.resources.num_workers)
         result = worker.fit_trainer(ctx, source_train_loop, {"ctx": ctx, "task": task, "run_id": run.run_id},
                                     stage.resources, key, stage.max_failures)
         (tensors,) = worker.checkpoint_tensors(result, TEACHER_FILE)
         folder, name = teacher_artifact(task).split("/")
         run.log_tensors(name, tensors, folder)
-        log.info("[source:%s] done: %s", task, fmt(result.metrics))
+        log.info("[%s] done: %s", ctx.tag(key), fmt(result.metrics))
         return Teacher.from_tensors(task, tensors)

@@ -1,9 +1,10 @@
 """Comparisons over seeds, end to end on one store: a smoke pipeline at 2 seeds with the two
-ablations ends with an interval per target and method and a verdict per comparison, printed and
-logged; a second run (another distillation lambda, a 4-shot budget, ``seed_scope: pipeline``)
-reuses the first seed's joint_multitask student and sources, trains the second seed's own, and
-draws balanced few-shot sets, per seed, shared by the methods; ``report`` on both runs lists what
-differs between them."""
+ablations (``seed_scope: targets``) ends with an interval per target and method and a verdict per
+comparison, printed and logged as conditional on its one shared prompt; the same command again with
+``--no-cache`` logs every metric identically; a second run (another distillation lambda, a 4-shot
+budget, the default ``seed_scope: pipeline``) reuses the first seed's joint_multitask student and
+sources, trains the second seed's own, and draws balanced few-shot sets, per seed, shared by the
+methods; ``report`` on both runs lists what differs between them."""
 
 from __future__ import annotations
 
@@ -16,33 +17,39 @@ from helpers.pipeline import run_cli, run_smoke
 from helpers.specs import SMOKE
 from mlflow.tracking import MlflowClient
 
+from orchestrator.analysis import ONE_PROMPT, PER_SEED
 from orchestrator.cache import fingerprints
 from orchestrator.spec_loading import load_spec
 from orchestrator.stats import NO_DIFFERENCE
-from orchestrator.tracking import PARENT_TAG, STAGE_TAG
+from orchestrator.tracking import PARENT_TAG, STAGE_TAG, TASK_TAG
 
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "mpt-smoke"
 METHODS = {"mpt", "no_distill", "joint_multitask"}
-# one configuration per method, so each method's chosen trials are exactly its two seeds
+# one configuration per method, so each method's chosen trials are exactly its two seeds; FIFO, since
+# which trials ASHA cuts depends on which reports first, and the rerun must repeat every step
 COMMON = ["--set", "seeds=[0, 1]", "--set", "target.baselines=[no_distill, joint_multitask]",
-          "--set", "target.search_space={rank: {grid: [1]}, lr: {grid: [0.3]}}"]
-SECOND = ["--set", "distill.lambda=0.5", "--set", "target.shots=[4]", "--set", "seed_scope=pipeline"]
+          "--set", "target.search_space={rank: {grid: [1]}, lr: {grid: [0.3]}}", "--set", "target.scheduler.type=fifo"]
+FIRST = ["--set", "seed_scope=targets"]
+SECOND = ["--set", "distill.lambda=0.5", "--set", "target.shots=[4]"]
 
 
 @pytest.fixture(scope="module")
 def store(local_ray, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("comparison")
-    first = run_smoke(tmp, *COMMON)
+    first = run_smoke(tmp, *COMMON, *FIRST)
     assert first[0] == 0, first[1]
+    again = run_smoke(tmp, *COMMON, *FIRST, "--no-cache")
+    assert again[0] == 0, again[1]
     second = run_smoke(tmp, *COMMON, *SECOND)
     assert second[0] == 0, second[1]
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = sorted((r for r in runs if PARENT_TAG not in r.data.tags), key=lambda r: r.info.start_time)
-    return tmp, client, runs, parents, (first[1], second[1])
+    first_run, rerun, second_run = sorted((r for r in runs if PARENT_TAG not in r.data.tags),
+                                          key=lambda r: r.info.start_time)
+    return tmp, client, runs, (first_run, second_run), (first[1], second[1]), rerun
 
 
 def children(runs, parent, stage="target"):
@@ -50,7 +57,7 @@ def children(runs, parent, stage="target"):
 
 
 def test_every_method_is_reported_over_both_seeds_with_an_interval(store):
-    tmp, client, runs, (first, _), _ = store
+    tmp, client, runs, (first, _), _, _ = store
     results = pd.read_csv(client.download_artifacts(first.info.run_id, "report/results.csv", str(tmp / "a")))
     assert set(results["method"]) == METHODS and set(results["task"]) == {"review_polarity"}
     assert (results["n_seeds"] == 2).all()
@@ -68,7 +75,7 @@ def test_every_method_is_reported_over_both_seeds_with_an_interval(store):
 
 
 def test_mpt_against_each_ablation_has_a_verdict_printed_and_logged(store):
-    tmp, client, _, (first, _), (printed, _) = store
+    tmp, client, _, (first, _), (printed, _), _ = store
     comparison = pd.read_csv(client.download_artifacts(first.info.run_id, "report/comparison.csv", str(tmp / "c")))
     assert set(comparison["method"]) == {"no_distill", "joint_multitask"}
     assert set(comparison["verdict"]) <= {"better", "worse", NO_DIFFERENCE}
@@ -77,14 +84,44 @@ def test_mpt_against_each_ablation_has_a_verdict_printed_and_logged(store):
     for row in comparison.itertuples():
         assert metrics[f"diff_{row.method}_review_polarity"] == pytest.approx(row.diff)
         assert row.verdict in printed
-    assert "MPT minus each method on test (paired bootstrap" in printed
+    assert "MPT minus each method on test: 2 comparison(s), each at 95% on its own" in printed
+    assert set(comparison["shared_prompt"]) == {ONE_PROMPT}  # seed_scope targets: one prompt for both seeds
+    assert "given the one shared prompt all seeds started from (seed_scope: targets)" in printed
     files = {a.path for a in client.list_artifacts(first.info.run_id, "report")}
     assert {"report/summary.md", "report/trials.csv", "report/best.csv", "report/bars_review_polarity.png"} <= files
 
 
+def test_the_same_command_again_logs_every_metric_identically(store):
+    """One spec, the same seeds, one machine, nothing reused: every step of every run repeats exactly."""
+    _, client, runs, (first, _), _, rerun = store
+
+    def logged(parent) -> dict:
+        out = {("parent", k): v for k, v in client.get_run(parent.info.run_id).data.metrics.items()
+               if k != "wall_time_s"}
+        for run in (r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id):
+            key = (run.data.tags[STAGE_TAG], run.data.tags.get("mpt.method", ""), run.data.tags[TASK_TAG],
+                   run.data.params.get("seed", ""))
+            for name in run.data.metrics:
+                history = client.get_metric_history(run.info.run_id, name)
+                out[(*key, name)] = sorted((m.step, m.value) for m in history)
+        return out
+
+    before, after = logged(first), logged(rerun)
+    assert {key[0] for key in before} == {"parent", "source", "distill", "target"}
+    assert before == after
+
+
+def test_the_pipeline_seeded_run_retrains_the_shared_prompt_per_seed_and_says_so(store):
+    tmp, client, _, (_, second), (_, printed), _ = store
+    comparison = pd.read_csv(client.download_artifacts(second.info.run_id, "report/comparison.csv", str(tmp / "s")))
+    assert set(comparison["shared_prompt"]) == {PER_SEED}
+    assert "[source:sentiment s1] done" in printed and "[distill s1] done" in printed
+    assert "[source:sentiment s0]" not in printed  # seed 0's sources were reused, not trained
+
+
 def test_the_second_run_reuses_the_first_seeds_joint_student_and_trains_the_second_seeds_own(store):
-    _, _, runs, (first, second), (_, printed) = store
-    assert "reused 3 stage(s) from earlier runs: distill:joint, source:nli, source:sentiment" in printed
+    _, _, runs, (first, second), (_, printed), _ = store
+    assert "reused 3 stage(s) from earlier runs: distill:joint s0, source:nli s0, source:sentiment s0" in printed
     spec = load_spec(SMOKE, [a for a in COMMON + SECOND if a != "--set"])
     own, seed_1 = fingerprints(spec), fingerprints(spec.for_seed(1))
 
@@ -99,7 +136,7 @@ def test_the_second_run_reuses_the_first_seeds_joint_student_and_trains_the_seco
 
 
 def test_few_shot_sets_are_balanced_drawn_per_seed_and_shared_by_the_methods(store):
-    _, client, runs, (_, second), _ = store
+    _, client, runs, (_, second), _, _ = store
     trials = children(runs, second)
     assert {r.data.params["shots"] for r in trials} == {"4"}
     digests = defaultdict(set)
@@ -113,7 +150,7 @@ def test_few_shot_sets_are_balanced_drawn_per_seed_and_shared_by_the_methods(sto
 
 
 def test_report_compares_the_two_runs_and_lists_what_differs(store):
-    tmp, _, _, (first, second), _ = store
+    tmp, _, _, (first, second), _, _ = store
     rc, printed = run_cli(tmp, ["report", EXPERIMENT, "--runs", first.info.run_id, second.info.run_id,
                                 "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--out", "study"])
     assert rc == 0, printed

@@ -1,6 +1,7 @@
 """The ``report`` verb against a real SQLite MLflow store laid out as the pipeline logs it: two
 finished pipeline runs that differ in ``distill.lambda``, MPT and vanilla PT over two seeds with
-constructed test predictions, so the verdicts are known; and each bad input exits 2 creating nothing."""
+constructed test predictions, so the verdicts are known; runs that differ only in their seeds
+(replicas), whose verdicts agree or contradict; one seed; and each bad input exits 2 creating nothing."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ WRONG = [1 - y for y in LABELS]
 BUDGET = 50
 
 
-def parent(client, experiment_id, tag, lambda_, status="FINISHED"):
+def parent(client, experiment_id, tag, lambda_, status="FINISHED", seeds="[0, 1]", seed_scope="pipeline"):
     run_id = client.create_run(experiment_id, run_name=f"demo-{tag}").info.run_id
-    params = {"target.steps": str(BUDGET), "distill.lambda": lambda_, "seeds": "[0, 1]", "model.name_or_path": "tiny:bert"}
+    params = {"target.steps": str(BUDGET), "distill.lambda": lambda_, "seeds": seeds, "seed_scope": seed_scope,
+              "model.name_or_path": "tiny:bert"}
     client.log_batch(run_id, metrics=[Metric("wall_time_s", 120.0, 0, 0)],
                      params=[Param(k, v) for k, v in params.items()], tags=[RunTag("mpt.pipeline_run", tag)])
     if status != "RUNNING":
@@ -77,6 +79,16 @@ def store(tmp_path_factory):
     ids["running"] = parent(client, experiment_id, "c", "0.5", status="RUNNING")
     ids["foreign"] = parent(client, client.create_experiment("other"), "d", "0.5")
     parent(client, client.create_experiment("empty"), "e", "0.5", status="FAILED")
+    replicas = client.create_experiment("mpt-replicas", artifact_location=(tmp / "replicas").as_uri())
+    # MPT right everywhere (better) at seeds 0-1 and 4-5, wrong everywhere (worse) at 2-3; r3 differs in its
+    # seed_scope too, so it replicates none of them; "one" ran a single seed
+    for tag, seeds, mpt, scope in (("r1", (0, 1), LABELS, "pipeline"), ("r2", (2, 3), WRONG, "pipeline"),
+                                   ("r4", (4, 5), LABELS, "pipeline"), ("r3", (0, 1), LABELS, "targets"),
+                                   ("one", (0,), LABELS, "pipeline")):
+        ids[tag] = parent(client, replicas, tag, "0.5", seeds=str(list(seeds)), seed_scope=scope)
+        for seed in seeds:
+            trial(client, replicas, ids[tag], "mpt", seed, 0.3, preds=mpt)
+            trial(client, replicas, ids[tag], "vanilla_pt", seed, 0.3, preds=WRONG if mpt is LABELS else LABELS)
     return tmp, uri, ids
 
 
@@ -123,9 +135,39 @@ def test_log_to_parent_adds_files_and_difference_metrics(store, tmp_path):
     analysis.log_to_parent(built, ids["a"])
     metrics = client.get_run(ids["a"]).data.metrics
     assert metrics[f"diff_vanilla_pt_{TASK}"] == 1.0 and metrics[f"diff_low_vanilla_pt_{TASK}"] == 1.0
+    assert metrics[f"diff_p_improvement_vanilla_pt_{TASK}"] == 1.0
     assert {"report/summary.md", "report/comparison.csv"} <= {a.path for a in client.list_artifacts(ids["a"], "report")}
     budgets = built.results.set_index("method").loc["mpt", "steps_trained"]
     assert budgets == 2 * BUDGET  # the chosen config's seeds; the stopped config is not in it
+
+
+def test_replicas_that_reach_opposite_verdicts_are_flagged_and_agreeing_ones_pass(store, tmp_path):
+    _, uri, ids = store
+    rc, out, err = report("mpt-replicas", "--runs", ids["r1"], ids["r2"], ids["r3"], "--tracking-uri", uri,
+                          "--out", str(tmp_path / "r"))
+    assert rc == 0, err
+    (row,) = pd.read_csv(tmp_path / "r" / "replication.csv").itertuples()
+    assert (row.method, row.runs, row.agreement) == ("vanilla_pt", "r1, r2", "CONTRADICTION")
+    assert f"CONTRADICTION: {TASK} (full), MPT against vanilla_pt: r1: better; r2: worse" in out
+    comparison = pd.read_csv(tmp_path / "r" / "comparison.csv").set_index("pipeline_run")
+    assert comparison.loc["r1", "shared_prompt"] == "retrained per seed"
+    assert comparison.loc["r3", "shared_prompt"] == "one for all seeds"
+    assert "given the one shared prompt all seeds started from (seed_scope: targets)" in out
+    rc, out, err = report("mpt-replicas", "--runs", ids["r1"], ids["r4"], "--tracking-uri", uri,
+                          "--out", str(tmp_path / "agree"))
+    assert rc == 0, err
+    assert list(pd.read_csv(tmp_path / "agree" / "replication.csv")["agreement"]) == ["agree"]
+    assert "CONTRADICTION" not in out
+
+
+def test_one_seed_gets_a_difference_and_no_verdict(store, tmp_path):
+    _, uri, ids = store
+    rc, out, err = report("mpt-replicas", "--runs", ids["one"], "--tracking-uri", uri, "--out", str(tmp_path / "r"))
+    assert rc == 0, err
+    (row,) = pd.read_csv(tmp_path / "r" / "comparison.csv").itertuples()
+    assert (row.diff, row.n_seeds, row.verdict) == (1.0, 1, "one seed: no verdict") and pd.isna(row.low)
+    assert "at one seed: no verdict" in out and "no detectable difference" not in out
+    assert "0 comparison(s)" in out  # the heading counts only the comparisons that got a verdict
 
 
 def test_metric_names_keep_only_what_mlflow_accepts():

@@ -30,8 +30,9 @@ def test_a_source_task_change_touches_that_source_the_distillation_and_every_tar
 
 
 def test_seeds_and_budgets_touch_only_the_targets():
-    """Sources and the distillation train at the first seed: more seeds reuse them."""
+    """The first seed's sources and distillation stay the same whatever seeds follow it."""
     assert changed("seeds=[0, 1]") == {"target:review_polarity"}
+    assert changed("seeds=[0, 1]", "seed_scope=targets") == {"target:review_polarity"}
     assert changed("target.shots=[4]") == {"target:review_polarity"}
 
 
@@ -61,10 +62,10 @@ def test_rerun_forces_the_stage_and_everything_after_it():
 
 
 def test_pipeline_seed_scope_gives_each_seed_its_own_sources_and_distillation():
-    spec = load_spec(SMOKE, ["seeds=[0, 1]", "seed_scope=pipeline"])
+    spec = load_spec(SMOKE, ["seeds=[0, 1]"])  # seed_scope pipeline: the default
     first, second = fingerprints(spec.for_seed(0)), fingerprints(spec.for_seed(1))
     assert first["distill"] == fingerprints(spec)["distill"]  # the first seed's branch is the spec's own
     assert all(first[k] != second[k] for k in ("source:nli", "source:sentiment", "distill", "distill:joint"))
     # the targets depend on every seed's branch, so they are not the targets-scope ones
-    targets_scope = fingerprints(load_spec(SMOKE, ["seeds=[0, 1]"]))
+    targets_scope = fingerprints(load_spec(SMOKE, ["seeds=[0, 1]", "seed_scope=targets"]))
     assert fingerprints(spec)["target:review_polarity"] != targets_scope["target:review_polarity"]

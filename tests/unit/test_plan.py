@@ -95,13 +95,22 @@ def test_baselines_with_head_only_and_single_source(tmp_path):
                                                         "single_source:nli": 8, "head_only": 4}
 
 
+def test_the_plan_says_what_each_seed_retrains_and_what_a_verdict_holds_for():
+    per_seed = "\n".join(plan_lines(load_spec(SMOKE, ["seeds=[0, 1]"])))
+    assert "seeds [0, 1] (each its own sources and distillation" in per_seed
+    assert "seed_scope pipeline: steps 1 and 2 run once per seed (2 x)" in per_seed
+    shared = "\n".join(plan_lines(load_spec(SMOKE, ["seeds=[0, 1]", "seed_scope=targets"])))
+    assert "the verdicts hold for that one shared prompt only" in shared
+    assert "(one seed: differences, no verdict)" in "\n".join(plan_lines(load_spec(SMOKE)))
+
+
 def test_the_linear_probe_is_not_counted_once_per_prompt_lr(tmp_path):
-    """The issue's case: 3 sources, a 2-point lr grid: 2 vanilla_pt + 3 x 2 single_source + 1 head_only."""
-    spec = load_spec(DEMO, ["sources=[sentiment, topic, paraphrase]", "seeds=[0]",
+    """2 sources, a 2-point lr grid: 2 vanilla_pt + 2 x 2 single_source + 1 head_only."""
+    spec = load_spec(DEMO, ["seeds=[0]",
                             "target.search_space={rank: {grid: [1, 2]}, lr: {grid: [0.03, 0.1]}}",
                             "target.baselines=[vanilla_pt, head_only, single_source]"])
-    assert check_plan_matches_tune(spec, tmp_path) == (4, 9)
-    assert "+ 9 baseline trial(s)" in "\n".join(plan_lines(spec))
+    assert check_plan_matches_tune(spec, tmp_path) == (4, 7)
+    assert "+ 7 baseline trial(s)" in "\n".join(plan_lines(spec))
 
 
 @pytest.mark.parametrize("space, num_samples", [
