@@ -4,8 +4,8 @@ whether MPT's difference from each other method outlasts retraining and the test
 seeds reach the same verdicts.
 
 What it reads is the contract of docs/design.md: parent runs (the spec as params), target trial
-runs (tags ``mpt.method``, ``mpt.best``; params ``seed``, ``shots``, the config; ``eval_<metric>``
-and ``train_loss`` histories) and the chosen trials' ``predictions/test.json``. ``build_report`` is
+runs (tags ``METHOD_TAG``, ``BEST_TAG``; params ``seed``, ``shots``, the config; ``eval_<metric>``
+and ``train_loss`` histories) and the chosen trials' ``PREDICTIONS_ARTIFACT``. ``build_report`` is
 what both the ``report`` verb and the end of ``run`` call.
 """
 
@@ -26,10 +26,11 @@ from . import plots, stats
 from .cache import TARGET_RESULTS
 from .report import family
 from .runs import search_all
-from .tracking import PARENT_TAG, PIPELINE_TAG, STAGE_TAG, STOPPED_TAG, TASK_TAG
+from .tracking import (BEST_TAG, METHOD_TAG, PARENT_TAG, PIPELINE_TAG, PREDICTIONS_ARTIFACT, REPORT_DIR, REUSED_PREFIX,
+                       STAGE_TAG, STOPPED_TAG, TASK_TAG)
 
 BASELINE = "mpt"  # the method every other one is compared against
-REUSED_TARGET = "mpt.reused.target:"  # on a parent run: the earlier parent run whose target results it reused
+REUSED_TARGET = f"{REUSED_PREFIX}target:"  # on a parent run: the earlier parent run whose target results it reused
 SEED_PARAMS = ("seed", "seeds")  # what replicas of one spec differ in
 RESULT_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "mean", "sd", "low", "high", "rank",
                   "lr", "head_lr", "trainable_params", "steps_trained", "wall_time_s"]
@@ -57,7 +58,7 @@ class Report:
 
 def _trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
     """The parent's target trials. A target the pipeline reused from an earlier run (tag
-    ``mpt.reused.target:<task>``) has its trials under that run. A sweep the pipeline resumed after a
+    ``REUSED_TARGET`` + task) has its trials under that run. A sweep the pipeline resumed after a
     crash kept the trials that had finished before it, under the crashed run: the rows the pipeline
     recorded for its targets name them."""
     query = f"tags.`{STAGE_TAG}` = 'target' AND tags.`{PARENT_TAG}` = "
@@ -89,12 +90,12 @@ def _trials(client: MlflowClient, parent: Run) -> pd.DataFrame:
         # only a trial that stopped short needs its history read to know how far it trained
         steps = int(p["steps"]) if complete else max(
             (m.step for m in client.get_metric_history(run.info.run_id, "train_loss")), default=0)
-        rows.append({"run_id": run.info.run_id, "task": tags[TASK_TAG], "method": tags["mpt.method"],
+        rows.append({"run_id": run.info.run_id, "task": tags[TASK_TAG], "method": tags[METHOD_TAG],
                      "seed": int(p["seed"]), "shots": p.get("shots", "full"), "rank": p.get("rank", ""),
                      "lr": p.get("lr"), "head_lr": p.get("head_lr"), "budget": int(p["steps"]),
                      "trainable_params": p.get("trainable_params"), "steps_trained": steps,
                      "wall_time_s": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
-                     "best": tags.get("mpt.best") == "true",
+                     "best": tags.get(BEST_TAG) == "true",
                      "test": {k.removeprefix("test_"): v for k, v in run.data.metrics.items() if k.startswith("test_")}})
     trials = pd.DataFrame(rows)
     trials["family"] = trials["method"].map(family)
@@ -102,7 +103,7 @@ def _trials(client: MlflowClient, parent: Run) -> pd.DataFrame:
 
 
 def _predictions(client: MlflowClient, run_id: str, tmp: Path) -> dict:
-    path = client.download_artifacts(run_id, "predictions/test.json", str(tmp / run_id))
+    path = client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, str(tmp / run_id))
     return json.loads(Path(path).read_text())
 
 
@@ -270,7 +271,7 @@ def metric_name(prefix: str, row) -> str:
 def log_to_parent(report: Report, parent_run_id: str) -> None:
     """The report's files under ``report/`` of the parent run, and its comparisons as metrics."""
     client = report.client
-    client.log_artifacts(parent_run_id, str(report.out_dir), "report")
+    client.log_artifacts(parent_run_id, str(report.out_dir), REPORT_DIR)
     tag = report.runs.set_index("parent_run_id").loc[parent_run_id, "pipeline_run"]
     metrics = {}
     for _, row in report.comparison[report.comparison["pipeline_run"] == tag].iterrows():

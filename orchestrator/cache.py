@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from .method.distill import SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher
 from .spec import PipelineSpec
-from .tracking import FINGERPRINT_TAG, STAGE_TAG, RunLogger, TrackingContext
+from .tracking import CACHE_TARGET_PREFIX, FINGERPRINT_TAG, REUSED_PREFIX, STAGE_TAG, RunLogger, TrackingContext
 
 STAGES = ("source", "distill", "target")
 # Bump when a change to the method makes earlier results incomparable.
@@ -123,7 +123,7 @@ def reuse_distill(ctx, key: str = "distill"):
 
 
 def _target_tag(task: str) -> str:
-    return f"mpt.cache.target.{task}"
+    return f"{CACHE_TARGET_PREFIX}{task}"
 
 
 def recorded_target(ctx, task: str) -> tuple[str, list[dict]] | None:
@@ -166,10 +166,10 @@ def record_target(ctx, task: str, rows: list[dict]) -> None:
 def _note_reuse(ctx, key: str, run_id: str) -> None:
     # each seed's branch reuses its own stages: the seed label keeps their tags apart
     name = ctx.tag(key)
-    RunLogger(ctx.tracking.uri, ctx.tracking.parent_run_id).set_tags({f"mpt.reused.{name}": run_id})
+    RunLogger(ctx.tracking.uri, ctx.tracking.parent_run_id).set_tags({f"{REUSED_PREFIX}{name}": run_id})
     log.info("[cache] %s: reused from run %s (same fingerprint)", name, run_id)
 
 
 def reused_stages(uri: str, parent_run_id: str) -> dict[str, str]:
     tags = MlflowClient(uri).get_run(parent_run_id).data.tags
-    return {k.removeprefix("mpt.reused."): v for k, v in tags.items() if k.startswith("mpt.reused.")}
+    return {k.removeprefix(REUSED_PREFIX): v for k, v in tags.items() if k.startswith(REUSED_PREFIX)}

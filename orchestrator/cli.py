@@ -244,8 +244,8 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
 
     from . import cache, dag, report
     from .stages.context import PipelineContext
-    from .tracking import (TrackingContext, close_orphaned_runs, ensure_experiment, kill_running_children, root_cause,
-                           start_parent_run, ui_command)
+    from .tracking import (ERROR_TAG, PIPELINE_TAG, SPEC_TAG, TrackingContext, close_orphaned_runs, ensure_experiment,
+                           kill_running_children, root_cause, start_parent_run, ui_command)
 
     uri = spec.tracking_uri()
     artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:") else None
@@ -253,7 +253,7 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
     for run_id in close_orphaned_runs(uri, experiment_id):
         log.info("[pipeline] run %s was left RUNNING by a pipeline that died; marked KILLED", run_id)
     parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
-                              {"mpt.pipeline_run": run_tag, "mpt.spec": Path(spec_path).name})
+                              {PIPELINE_TAG: run_tag, SPEC_TAG: Path(spec_path).name})
     parent.log_artifact(_spec_file(spec, run_tag), "spec")
     local_ray = _starts_local_ray(spec.cluster.address)
     if not ray.is_initialized():
@@ -277,7 +277,7 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
         # the graph stopped its other nodes (dag.run_pipeline): their runs did not fail, they were stopped
         ended = "was interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         kill_running_children(uri, experiment_id, parent.run_id, f"stopped because the pipeline {ended}: {cause[:3000]}")
-        parent.set_tags({"mpt.error": cause[:4000]})
+        parent.set_tags({ERROR_TAG: cause[:4000]})
         _keep_log(parent, console)
         parent.end("FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
         log.error("[pipeline] FAILED after %.0fs: %s\nEarlier stages' runs and artifacts are kept; "

@@ -22,14 +22,10 @@ from .data import TaskData
 from .method.models import hub_revision
 from .report import family
 from .spec import RegistrySpec
-from .tracking import FINGERPRINT_TAG, PIPELINE_TAG, TASK_TAG
+from .tracking import FINGERPRINT_TAG, METHOD_TAG, METRIC_TAG, PIPELINE_TAG, TASK_TAG, TEST_TAG, VALIDATION_TAG
 
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"  # where the pyfunc model lies among the trial run's artifacts
-METHOD_TAG = "mpt.method"
-METRIC_TAG = "mpt.metric"
-VALIDATION_TAG = "mpt.validation_value"
-TEST_TAG = "mpt.test_value"
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .search import best_configurations
-from .tracking import RunLogger
+from .tracking import REPORT_DIR, RunLogger
 
 TABLE_COLUMNS = ["task", "shots", "method", "seed", "config", "rank", "lr", "head_lr", "batch_size", "metric", "value",
                  "test_value", "steps", "trainable_params", "status", "best", "error", "mlflow_run_id",
@@ -79,8 +79,8 @@ def publish(table: pd.DataFrame, parent: RunLogger) -> None:
         tmp = Path(tmp)
         table.to_csv(tmp / "trials.csv", index=False)
         summary(table).to_csv(tmp / "best.csv", index=False)
-        parent.log_artifact(tmp / "trials.csv", "report")
-        parent.log_artifact(tmp / "best.csv", "report")
+        parent.log_artifact(tmp / "trials.csv", REPORT_DIR)
+        parent.log_artifact(tmp / "best.csv", REPORT_DIR)
     metrics = {}
     for _, row in summary(table).iterrows():
         if row["test_value"] is not None and row["test_value"] == row["test_value"]:

@@ -36,13 +36,32 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # and a progress bar per artifact download (cache reuse, reloads, the report): noise around our own lines
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-STAGE_TAG = "mpt.stage"
-TASK_TAG = "mpt.task"
-FINGERPRINT_TAG = "mpt.fingerprint"
-PIPELINE_TAG = "mpt.pipeline_run"
-NODE_TAG = "mpt.node"
-STOPPED_TAG = "mpt.stopped_by_scheduler"  # a trial the scheduler ended before its step budget
+# The MLflow contract (docs/design.md): every tag, tag prefix and shared artifact path the pipeline
+# writes and the report, the cache and the registry read. No other module spells one out.
 PARENT_TAG = "mlflow.parentRunId"
+STAGE_TAG = "mpt.stage"  # source, distill or target
+TASK_TAG = "mpt.task"
+METHOD_TAG = "mpt.method"  # a target trial's method; a distillation's kind (distill, joint_multitask)
+FINGERPRINT_TAG = "mpt.fingerprint"
+PIPELINE_TAG = "mpt.pipeline_run"  # on a parent run: its run tag
+SPEC_TAG = "mpt.spec"  # on a parent run: the spec file it ran
+DRIVER_TAG = "mpt.driver"  # on a parent run: host:pid of the driver, to tell a dead pipeline
+NODE_TAG = "mpt.node"
+ERROR_TAG = "mpt.error"  # why a run failed or was stopped
+STOPPED_TAG = "mpt.stopped_by_scheduler"  # a trial the scheduler ended before its step budget
+BEST_TAG = "mpt.best"  # "true" on a chosen trial
+CONFIG_TAG = "mpt.config"  # what a configuration's trials share across seeds
+SWEEP_TAG = "mpt.sweep"
+TRIAL_ID_TAG = "mpt.trial_id"
+ATTEMPTS_TAG = "mpt.attempts"  # a Train job's starts, restarts counted
+RESTARTED_TAG = "mpt.restarted"
+REUSED_PREFIX = "mpt.reused."  # + a stage key, on a parent run: the earlier run it reused the stage from
+CACHE_TARGET_PREFIX = "mpt.cache.target."  # + a target, on a parent run: the fingerprint of the rows it recorded
+METRIC_TAG = "mpt.metric"  # on a registered model version, with the two values below
+VALIDATION_TAG = "mpt.validation_value"
+TEST_TAG = "mpt.test_value"
+PREDICTIONS_ARTIFACT = "predictions/test.json"  # a chosen trial's test labels and predictions
+REPORT_DIR = "report"  # on a parent run: the trials table, the report's tables and plots
 
 log = logging.getLogger(__name__)
 
@@ -223,22 +242,19 @@ def child_run(ctx: TrackingContext, stage: str, task: str, run_name: str, params
         if err.code in (0, None):
             # Tune ending a trial's thread inside tune.report: the sweep's TrialRunCloser ends this run.
             raise
-        logger.set_tags({"mpt.error": f"SystemExit: {err.code}"})
+        logger.set_tags({ERROR_TAG: f"SystemExit: {err.code}"})
         logger.end("FAILED")
         raise
     except Exception as err:
         cause = root_cause(err)
-        logger.set_tags({"mpt.error": cause[:4000]})
+        logger.set_tags({ERROR_TAG: cause[:4000]})
         logger.end("FAILED")
         raise StageFailed(f"stage {stage}, task {task}: {cause}") from err
     except BaseException as err:  # KeyboardInterrupt and the like: not the stage's fault
-        logger.set_tags({"mpt.error": type(err).__name__})
+        logger.set_tags({ERROR_TAG: type(err).__name__})
         logger.end("KILLED")
         raise
     logger.end("FINISHED")
-
-
-DRIVER_TAG = "mpt.driver"
 
 
 def start_parent_run(uri: str, experiment_id: str, run_name: str, params: dict[str, Any],
@@ -268,7 +284,7 @@ def close_orphaned_runs(uri: str, experiment_id: str) -> list[str]:
             continue
         why = "the pipeline driver died while this run was RUNNING"
         kill_running_children(uri, experiment_id, parent.info.run_id, why)
-        client.set_tag(parent.info.run_id, "mpt.error", why)
+        client.set_tag(parent.info.run_id, ERROR_TAG, why)
         client.set_terminated(parent.info.run_id, "KILLED")
         closed.append(parent.info.run_id)
     return closed
@@ -280,7 +296,7 @@ def kill_running_children(uri: str, experiment_id: str, parent_run_id: str, why:
     children = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
                                   "and attributes.status = 'RUNNING'", max_results=10000)
     for run in children:
-        client.set_tag(run.info.run_id, "mpt.error", why)
+        client.set_tag(run.info.run_id, ERROR_TAG, why)
         client.set_terminated(run.info.run_id, "KILLED")
 
 

@@ -17,7 +17,7 @@ from ..method.distill import (SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedProm
                               teacher_overrides)
 from ..cache import JOINT
 from ..method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
-from ..tracking import FINGERPRINT_TAG, child_run
+from ..tracking import FINGERPRINT_TAG, METHOD_TAG, child_run
 from . import worker
 from .context import PipelineContext
 
@@ -105,7 +105,7 @@ def run_distill(ctx: PipelineContext, teachers: list[Teacher] | None) -> SharedP
     if not teachers:
         params["lambda"] = 0.0  # the task loss only: no teachers to distill from
     with child_run(ctx.tracking, "distill", "+".join(sources), ctx.tag(name), params,
-                   {FINGERPRINT_TAG: ctx.fingerprints[key], "mpt.method": name}) as run:
+                   {FINGERPRINT_TAG: ctx.fingerprints[key], METHOD_TAG: name}) as run:
         log.info("[%s] %s -> one shared prompt, %d steps", ctx.tag(name),
                  f"{len(sources)} teachers" if teachers else f"{len(sources)} source tasks, no teachers", stage.steps)
         result = worker.fit_trainer(ctx, distill_train_loop, {"ctx": ctx, "teachers": teachers, "run_id": run.run_id},

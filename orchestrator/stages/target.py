@@ -40,8 +40,9 @@ from ..method.targets import build_target_model, load_trial_model, save_trial_mo
 from ..method.train import autocast, batch_stream, evaluate, fit, predict, task_loss, to_device
 from ..preflight import bundles_that_fit
 from ..spec import PipelineSpec, SearchSpace
-from ..tracking import (FINGERPRINT_TAG, PIPELINE_TAG, STOPPED_TAG, RunLogger, TrackingContext, child_run,
-                        root_cause)
+from ..tracking import (BEST_TAG, CONFIG_TAG, ERROR_TAG, FINGERPRINT_TAG, METHOD_TAG, PIPELINE_TAG,
+                        PREDICTIONS_ARTIFACT, STOPPED_TAG, SWEEP_TAG, TRIAL_ID_TAG, RunLogger, TrackingContext,
+                        child_run, root_cause)
 from .context import PipelineContext
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,6 @@ class Starts:
     shared: SharedPrompt | None  # None for the baselines, which never start from it
     joint: SharedPrompt | None
     teachers: dict[str, Teacher]
-
-
-CONFIG_TAG = "mpt.config"  # what a configuration's trials share across seeds
-PREDICTIONS = "predictions/test.json"  # a chosen trial's test predictions, for paired comparisons
 
 
 @in_ray_worker
@@ -80,7 +77,7 @@ def target_trial(config: dict, ctx: PipelineContext, task: str, starts: dict[int
     trial_id = tune.get_context().get_trial_id()
     task_id = task_id_of(method)
     with child_run(ctx.tracking, "target", task, f"target-{task}-{method}-{trial_id}", params,
-                   {"mpt.sweep": sweep, "mpt.trial_id": trial_id, "mpt.method": method,
+                   {SWEEP_TAG: sweep, TRIAL_ID_TAG: trial_id, METHOD_TAG: method,
                     CONFIG_TAG: SearchSpace.configuration(config),
                     FINGERPRINT_TAG: ctx.fingerprints[f"target:{task}"]}) as run, \
             tempfile.TemporaryDirectory() as workdir:
@@ -123,7 +120,7 @@ class TrialRunCloser(tune.Callback):
     """Ends each trial's MLflow run from the driver when Tune ends the trial.
 
     A trial the scheduler stops never returns from ``tune.report`` (Tune ends its thread), so its own
-    code cannot end its run: here it ends FINISHED, tagged ``mpt.stopped_by_scheduler`` when it
+    code cannot end its run: here it ends FINISHED, tagged ``STOPPED_TAG`` when it
     stopped before the step budget. A trial whose process died ends FAILED. Runs that the trial
     ended itself (finished, or failed with its cause) are left as they are.
     """
@@ -138,7 +135,7 @@ class TrialRunCloser(tune.Callback):
             return client, client.get_run(run_id)
         # a trial that died before its first report: found by its id within this sweep and pipeline
         runs = client.search_runs([self.tracking.experiment_id],
-                                  f"tags.`mpt.trial_id` = '{trial.trial_id}' and tags.`mpt.sweep` = '{self.sweep}' "
+                                  f"tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}' and tags.`{SWEEP_TAG}` = '{self.sweep}' "
                                   f"and tags.`{PIPELINE_TAG}` = '{self.tracking.pipeline_run}'", max_results=1)
         return client, (runs[0] if runs else None)
 
@@ -155,7 +152,7 @@ class TrialRunCloser(tune.Callback):
         client, run = self._run(trial)
         if run is not None and run.info.status == "RUNNING":
             error = trial.get_pickled_error()
-            client.set_tag(run.info.run_id, "mpt.error", root_cause(error)[:4000] if error else "the trial's process died")
+            client.set_tag(run.info.run_id, ERROR_TAG, root_cause(error)[:4000] if error else "the trial's process died")
             client.set_terminated(run.info.run_id, "FAILED")
 
 
@@ -296,7 +293,7 @@ def _budget(shots: int | str) -> str:
 def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune.Checkpoint,
                   run_id: str, register: bool) -> dict[str, float | str]:
     """Reload a chosen trial from its saved files and score validation (it must match the sweep) and
-    test, keeping its test predictions on its run (``PREDICTIONS``); then, when ``register`` and as
+    test, keeping its test predictions on its run (``PREDICTIONS_ARTIFACT``); then, when ``register`` and as
     the spec's ``registry`` asks, register it as an MLflow model (``registered_model`` in the result).
 
     Test is scored here only, for trials already chosen on validation: never tune on test.
@@ -314,11 +311,11 @@ def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune
         logger = RunLogger(ctx.tracking.uri, run_id)
         logger.log_metrics(spec.target.steps, {k: v for k, v in metrics.items() if k.startswith("test_")})
         logger.log_datasets(spec.task(task), data, ("test",), spec.seed)
-        logger.set_tags({"mpt.best": "true"})
+        logger.set_tags({BEST_TAG: "true"})
         with tempfile.TemporaryDirectory() as tmp:
-            file = Path(tmp) / Path(PREDICTIONS).name
+            file = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
             file.write_text(json.dumps({"metric": data.metric, "labels": labels, "predictions": predictions}))
-            logger.log_artifact(file, str(Path(PREDICTIONS).parent))
+            logger.log_artifact(file, str(Path(PREDICTIONS_ARTIFACT).parent))
         logger.log_artifact(checkpoint_dir, "best_adapter" if method == "mpt" else f"best_{report.family(method)}")
         if register and registry.should_register(spec.registry, method):
             metrics["registered_model"] = registry.register_best(ctx, task, method, data, checkpoint_dir, run_id,

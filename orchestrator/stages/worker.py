@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from ..ddp import NodeBoundTorchConfig
 from ..logs import ticker
 from ..spec import Resources
-from ..tracking import NODE_TAG, RunLogger, node_name
+from ..tracking import ATTEMPTS_TAG, NODE_TAG, RESTARTED_TAG, RunLogger, node_name
 from .context import PipelineContext
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -52,7 +52,7 @@ def report_checkpoint(model: torch.nn.Module, step: int, metrics: dict[str, floa
 def resume(model: torch.nn.Module, logger: RunLogger | None, tag: str) -> tuple[int, dict | None]:
     """Restore the last checkpoint after a worker failure or an interrupted run: (step, optimizer state).
 
-    Rank 0 counts attempts on the MLflow run (tag ``mpt.attempts``), so a restart is recorded even
+    Rank 0 counts attempts on the MLflow run (tag ``ATTEMPTS_TAG``), so a restart is recorded even
     when it had no checkpoint to start from.
     """
     checkpoint = ray.train.get_checkpoint()
@@ -63,11 +63,11 @@ def resume(model: torch.nn.Module, logger: RunLogger | None, tag: str) -> tuple[
             state = torch.load(Path(d) / STATE_FILE, weights_only=True)
         step = state.pop("step")
     if logger:
-        attempts = int(logger.client.get_run(logger.run_id).data.tags.get("mpt.attempts", 0)) + 1
-        logger.set_tags({"mpt.attempts": attempts})
+        attempts = int(logger.client.get_run(logger.run_id).data.tags.get(ATTEMPTS_TAG, 0)) + 1
+        logger.set_tags({ATTEMPTS_TAG: attempts})
         if attempts > 1 or checkpoint is not None:
             logger.log_metrics(step, {"restarted_from_step": step})
-            logger.set_tags({"mpt.restarted": "true"})
+            logger.set_tags({RESTARTED_TAG: "true"})
     if checkpoint is not None:
         log.info("[%s] resumed from the checkpoint at step %d", tag, step)
     return step, state

@@ -24,11 +24,11 @@ from helpers.specs import SMOKE
 from mlflow.tracking import MlflowClient
 
 from orchestrator.data import load_task
-from orchestrator.registry import (CHAMPION, METHOD_TAG, METRIC_TAG, TEST_TAG, VALIDATION_TAG, champion,
-                                   register)
+from orchestrator.registry import CHAMPION, champion, register
 from orchestrator.serving import PREDICTION, download
 from orchestrator.spec_loading import load_spec
-from orchestrator.tracking import FINGERPRINT_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, TASK_TAG
+from orchestrator.tracking import (FINGERPRINT_TAG, METHOD_TAG, METRIC_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, TASK_TAG,
+                                   TEST_TAG, VALIDATION_TAG)
 
 TARGETS = ["review_polarity", "topic_match"]
 # The second run: review_polarity again, one MPT trial (rank 1), no baselines: a second version.

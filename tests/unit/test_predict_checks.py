@@ -17,7 +17,8 @@ from helpers.served import pyfunc_dir
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import EXIT_BAD_INPUT, main
-from orchestrator.registry import VALIDATION_TAG, register
+from orchestrator.registry import register
+from orchestrator.tracking import VALIDATION_TAG
 
 
 class NotOurs(mlflow.pyfunc.PythonModel):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.registry import (CHAMPION, METRIC_TAG, VALIDATION_TAG, champion, model_name, register,
-                                   should_register)
+from orchestrator.registry import CHAMPION, champion, model_name, register, should_register
 from orchestrator.spec import RegistrySpec, SpecError
+from orchestrator.tracking import METHOD_TAG, METRIC_TAG, VALIDATION_TAG
 from orchestrator.spec_loading import parse_spec
 
 
@@ -27,7 +27,7 @@ def add_version(store, value: float, metric: str = "accuracy"):
     uri, client, experiment, model = store
     run = client.create_run(experiment)
     version, moved, why = register(uri, run.info.run_id, "reg-task", model,
-                                   {VALIDATION_TAG: repr(value), METRIC_TAG: metric, "mpt.method": "mpt"})
+                                   {VALIDATION_TAG: repr(value), METRIC_TAG: metric, METHOD_TAG: "mpt"})
     return version, moved, why
 
 

@@ -1,17 +1,34 @@
-"""The pure parts of orchestrator/tracking.py: credentials redacted from any text, the line of a
-(Ray-wrapped) error that says what went wrong, and a task split as an MLflow dataset input."""
+"""The pure parts of orchestrator/tracking.py: the MLflow contract's names spelled out there alone,
+credentials redacted from any text, the line of a (Ray-wrapped) error that says what went wrong, and
+a task split as an MLflow dataset input."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
+from pathlib import Path
 
 import pytest
 from helpers.models import small
 from mlflow.tracking import MlflowClient
 
+import orchestrator
 from orchestrator.spec import TaskSpec
 from orchestrator.tracking import DATASET_CONTEXT, RunLogger, StageFailed, dataset_input, redact, root_cause
+
+
+QUOTED_TAG = re.compile(r"[\"'`]mpt\.")  # a tag name or prefix written out: "mpt.x", f"mpt.{...}", `mpt.x`
+
+
+def test_every_tag_name_of_the_contract_is_written_in_tracking_alone():
+    package = Path(orchestrator.__file__).parent
+    contract = package / "tracking.py"
+    assert QUOTED_TAG.search(contract.read_text())  # the pattern finds the names where they live
+    elsewhere = [f"{path.relative_to(package)}:{number}: {line.strip()}"
+                 for path in sorted(package.rglob("*.py")) if path != contract
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if QUOTED_TAG.search(line)]
+    assert elsewhere == [], "use the constants of orchestrator/tracking.py:\n" + "\n".join(elsewhere)
 
 
 def test_redact_a_uri_with_userinfo():
