@@ -29,7 +29,7 @@ from .runs import search_all
 from .tracking import (BEST_TAG, METHOD_TAG, PARENT_TAG, PIPELINE_TAG, PREDICTIONS_ARTIFACT, REPORT_DIR, REUSED_PREFIX,
                        STAGE_TAG, STOPPED_TAG, TASK_TAG)
 
-BASELINE = "mpt"  # the method every other one is compared against
+REFERENCE = "mpt"  # the method every other one (the baselines, the ablations) is compared against
 REUSED_TARGET = f"{REUSED_PREFIX}target:"  # on a parent run: the earlier parent run whose target results it reused
 SEED_PARAMS = ("seed", "seeds")  # what replicas of one spec differ in
 RESULT_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "mean", "sd", "low", "high", "rank",
@@ -130,9 +130,9 @@ def _summarise(client: MlflowClient, tag: str, trials: pd.DataFrame, tmp: Path):
 
 def _compare(tag: str, results: list[dict], predictions: dict, shared_prompt: str) -> list[dict]:
     rows = []
-    for mpt in (r for r in results if r["method"] == BASELINE):
+    for mpt in (r for r in results if r["method"] == REFERENCE):
         for other in (r for r in results if (r["task"], r["shots"]) == (mpt["task"], mpt["shots"])
-                      and family(r["method"]) != BASELINE):
+                      and family(r["method"]) != REFERENCE):
             a, b = (predictions[(r["task"], r["shots"], r["method"])] for r in (mpt, other))
             seeds = sorted(set(a) & set(b))  # paired by seed: a seed only one method ran has no partner
             diff = stats.compare(a[seeds[0]]["labels"], [a[s]["predictions"] for s in seeds],
@@ -194,7 +194,7 @@ def build_report(client: MlflowClient, experiment_id: str, parent_run_ids: list[
             results += rows
             comparison += _compare(tag, rows, predictions, _shared_prompt(parent))
             curves += run_curves
-            mpt = trials[trials["family"] == BASELINE]
+            mpt = trials[trials["family"] == REFERENCE]
             budgets += [{"pipeline_run": tag, "task": task, "shots": shots, "trained": int(g["steps_trained"].sum()),
                          "grid": int(g["budget"].sum())} for (task, shots), g in mpt.groupby(["task", "shots"])]
     comparison = pd.DataFrame(comparison, columns=COMPARISON_COLUMNS)

@@ -13,7 +13,7 @@ the paths that need them, so the embedded suite loads fast inside every Ray work
 from __future__ import annotations
 
 from .fewshot import FULL, budget_problem, few_shot
-from .registry import check_task, load_task
+from .loading import check_task, load_task
 from .splits import HELD_OUT_VAL, SMALL_TRAIN, apply_split_rule
 from .synthetic import EMBEDDED, EMBEDDED_SOURCES, EMBEDDED_TARGETS, embedded_task_names
 from .types import ROLES, Example, TaskData, TaskDataError, text_columns
