@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from .method.distill import SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher
 from .spec import PipelineSpec
-from .tracking import CACHE_TARGET_PREFIX, FINGERPRINT_TAG, REUSED_PREFIX, STAGE_TAG, RunLogger, TrackingContext
+from .tracking import (CACHE_TARGET_PREFIX, FINGERPRINT_TAG, REUSED_PREFIX, STAGE_TAG, RunLogger, TrackingContext,
+                       teacher_artifact)
 
 STAGES = ("source", "distill", "target")
 # Bump when a change to the method makes earlier results incomparable.
@@ -91,8 +92,6 @@ def _download(client: MlflowClient, run_id: str, path: str, into: str) -> Path |
 
 def reuse_source(ctx, task: str) -> Teacher | None:
     """The teacher of an earlier FINISHED run with this source's fingerprint, or None."""
-    from .stages.source import teacher_artifact  # the stage that writes it; it imports Ray Train
-
     if "source" in ctx.forced:
         return None
     client, runs = _finished_run(ctx.tracking, "source", ctx.fingerprints[f"source:{task}"])

@@ -63,6 +63,11 @@ TEST_TAG = "mpt.test_value"
 PREDICTIONS_ARTIFACT = "predictions/test.json"  # a chosen trial's test labels and predictions
 REPORT_DIR = "report"  # on a parent run: the trials table, the report's tables and plots
 
+
+def teacher_artifact(task: str) -> str:
+    """Where a source run keeps its teacher (what a later run reuses)."""
+    return f"teacher/teacher_{task}.safetensors"
+
 log = logging.getLogger(__name__)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..cache import fingerprints
 from ..data import TaskData, load_task
 from ..method import models
 from ..method.train import Encoder
@@ -41,8 +42,6 @@ class PipelineContext:
     def for_seed(self, seed: int) -> PipelineContext:
         """The context of one seed's sources and distillation (``seed_scope: pipeline``): its own
         spec seed, so its own data draws, initialisation and fingerprints."""
-        from ..cache import fingerprints  # the cache reads MLflow; a context alone does not need it
-
         spec = self.spec.for_seed(seed)
         return dataclasses.replace(self, spec=spec, fingerprints=fingerprints(spec), seed_label=f"s{seed}")
 

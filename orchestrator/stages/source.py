@@ -12,18 +12,13 @@ from ..logs import in_ray_worker, fmt, progress
 from ..method import models
 from ..method.distill import Teacher
 from ..method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
-from ..tracking import FINGERPRINT_TAG, child_run
+from ..tracking import FINGERPRINT_TAG, child_run, teacher_artifact
 from . import worker
 from .context import PipelineContext
 
 TEACHER_FILE = "teacher.safetensors"
 
 log = logging.getLogger(__name__)
-
-
-def teacher_artifact(task: str) -> str:
-    """Where a source run keeps its teacher (what a later run reuses)."""
-    return f"teacher/teacher_{task}.safetensors"
 
 
 @in_ray_worker
