@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 from orchestrator.runs import finished_parents
 from orchestrator.spec_loading import load_spec
 
@@ -52,8 +54,6 @@ def main() -> None:
         started = time.time()
         orchestrator(workdir, "run", spec_path, *overrides, seeds)
         walls.append(time.time() - started)
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     parents = finished_parents(client, client.get_experiment_by_name(experiment).experiment_id)[:2][::-1]
     orchestrator(workdir, "report", experiment, "--runs", *(p.info.run_id for p in parents), "--out", "replication")

@@ -21,7 +21,7 @@ from orchestrator.analysis import ONE_PROMPT, PER_SEED
 from orchestrator.cache import fingerprints
 from orchestrator.spec_loading import load_spec
 from orchestrator.stats import NO_DIFFERENCE
-from orchestrator.tracking import PARENT_TAG, STAGE_TAG, TASK_TAG
+from orchestrator.tracking import METHOD_TAG, PARENT_TAG, STAGE_TAG, TASK_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_the_same_command_again_logs_every_metric_identically(store):
         out = {("parent", k): v for k, v in client.get_run(parent.info.run_id).data.metrics.items()
                if k != "wall_time_s"}
         for run in (r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id):
-            key = (run.data.tags[STAGE_TAG], run.data.tags.get("mpt.method", ""), run.data.tags[TASK_TAG],
+            key = (run.data.tags[STAGE_TAG], run.data.tags.get(METHOD_TAG, ""), run.data.tags[TASK_TAG],
                    run.data.params.get("seed", ""))
             for name in run.data.metrics:
                 history = client.get_metric_history(run.info.run_id, name)
