@@ -145,7 +145,7 @@ def compare(labels, preds_a, preds_b, metric: str, confidence: float = CONFIDENC
     spread = _Spread.of(pseudo_values(labels, preds_a, metric, classes)
                         - pseudo_values(labels, preds_b, metric, classes))
     se, df = spread.se_and_df(n)
-    half = float(stats.t.ppf((1 + confidence) / 2, df)) * se if se > 0 else 0.0  # 0: equal everywhere, every seed
+    half = float(stats.t.ppf((1 + confidence) / 2, df)) * se
     return Comparison(observed, observed - half, observed + half, n, p_improvement, spread, confidence)
 
 

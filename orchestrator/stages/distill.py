@@ -104,9 +104,10 @@ def run_distill(ctx: PipelineContext, teachers: list[Teacher] | None) -> SharedP
               "sources": ",".join(sources), "seed": ctx.spec.seed}
     if not teachers:
         params["lambda"] = 0.0  # the task loss only: no teachers to distill from
-    with child_run(ctx.tracking, "distill", "+".join(sources), ctx.tag(name), params,
+    label = ctx.tag(name)
+    with child_run(ctx.tracking, "distill", "+".join(sources), label, params,
                    {FINGERPRINT_TAG: ctx.fingerprints[key], METHOD_TAG: name}) as run:
-        log.info("[%s] %s -> one shared prompt, %d steps", ctx.tag(name),
+        log.info("[%s] %s -> one shared prompt, %d steps", label,
                  f"{len(sources)} teachers" if teachers else f"{len(sources)} source tasks, no teachers", stage.steps)
         result = worker.fit_trainer(ctx, distill_train_loop, {"ctx": ctx, "teachers": teachers, "run_id": run.run_id},
                                     stage.resources, key, stage.max_failures)
@@ -114,5 +115,5 @@ def run_distill(ctx: PipelineContext, teachers: list[Teacher] | None) -> SharedP
         run.log_tensors(SHARED_PROMPT_FILE, tensors)
         if heads:
             run.log_tensors(STUDENT_HEADS_FILE, heads)
-        log.info("[%s] done: %s", ctx.tag(name), fmt(result.metrics))
+        log.info("[%s] done: %s", label, fmt(result.metrics))
         return SharedPrompt(tensors, heads)

@@ -66,13 +66,14 @@ def run_source(ctx: PipelineContext, task: str) -> Teacher:
     params = {**stage.model_dump(exclude={"resources"}), "num_virtual_tokens": ctx.spec.prompt.num_virtual_tokens,
               "num_workers": stage.resources.num_workers, "task": task, "seed": ctx.spec.seed}
     key = f"source:{task}"
+    label = ctx.tag(key)
     with child_run(ctx.tracking, "source", task, ctx.tag(f"source-{task}"), params,
                    {FINGERPRINT_TAG: ctx.fingerprints[key]}) as run:
-        log.info("[%s] training %d steps on %d worker(s)", ctx.tag(key), stage.steps, stage.resources.num_workers)
+        log.info("[%s] training %d steps on %d worker(s)", label, stage.steps, stage.resources.num_workers)
         result = worker.fit_trainer(ctx, source_train_loop, {"ctx": ctx, "task": task, "run_id": run.run_id},
                                     stage.resources, key, stage.max_failures)
         (tensors,) = worker.checkpoint_tensors(result, TEACHER_FILE)
         folder, name = teacher_artifact(task).split("/")
         run.log_tensors(name, tensors, folder)
-        log.info("[%s] done: %s", ctx.tag(key), fmt(result.metrics))
+        log.info("[%s] done: %s", label, fmt(result.metrics))
         return Teacher.from_tensors(task, tensors)
