@@ -118,7 +118,7 @@ class TrainSpec(Strict):
     batch_size: int = Field(16, gt=0, description="Examples per step per worker.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay of the optimizer.")
     eval_every: int = Field(50, gt=0, description="Evaluate (and log eval_<metric>) every N steps and at the end.")
-    # Defaults measured by bench/recipe.py (README, "The optimisation recipe"): dropout off and a
+    # Defaults measured by bench/recipe.py (bench/README.md): dropout off and a
     # constant lr after warmup trained the demo's prompts best; Adafactor matched AdamW.
     optimizer: OptimizerName = Field(
         "adamw", description="adamw, or adafactor with the explicit lr above (no relative step, no parameter scaling).")

@@ -262,7 +262,7 @@ def baseline_trials_beside_distill(spec: PipelineSpec, cluster: dict[str, float]
     Tune keeps a finished trial's process and resources for its next trial, so a sweep holds what it
     once got until it ends. Uncapped baseline sweeps started beside the distillation take every free
     CPU first, and the distillation, whose job asks later, waits for them: 210 s of the demo's 615 s
-    on 2 CPUs (README, "Performance"), while its MPT sweeps, the last stage, wait for it.
+    on 2 CPUs (bench/README.md), while its MPT sweeps, the last stage, wait for it.
     """
     distill, trial = spec.distill.resources, spec.target.resources
     left = {name: amount - distillations * distill.num_workers * distill.bundle().get(name, 0.0)
