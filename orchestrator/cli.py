@@ -2,9 +2,9 @@
 
 ``run`` checks everything it can before any compute (spec, model path, task data, tracking store),
 then executes the Ray graph and prints the results table and the command that opens the MLflow UI.
-``predict`` runs a registered model over files as a Ray Data job (``predict.py``).
+``predict`` runs a registered model over files as a Ray Data job (``serve/predict.py``).
 ``report`` reads finished pipeline runs back from MLflow and says which differences are more than
-noise (``analysis.py``).
+noise (``results/report.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from .logs import configure as configure_logging
-from .redaction import redact
-from .spec import PipelineSpec, SpecError, SpecIssue
-from .spec_loading import load_spec
+from .runtime.logs import configure as configure_logging
+from .runtime.redaction import redact
+from .spec.schema import PipelineSpec, SpecError, SpecIssue
+from .spec.loading import load_spec
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -116,7 +116,7 @@ def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[S
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .preflight import declares_multi_node, multi_node_issues
+    from .pipeline.preflight import declares_multi_node, multi_node_issues
 
     spec = load(args)
     _, issues = check_inputs(spec, hub_data=args.hub_data)
@@ -184,7 +184,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = load(args)
     log.info("\n".join(plan_lines(spec)))
     if args.address:  # only when asked: plain `plan` stays offline
-        from .preflight import preflight
+        from .pipeline.preflight import preflight
 
         issues = preflight(spec)
         if issues:
@@ -199,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _set_local_ray_loopback(spec.cluster.address)
     import ray
 
-    from .preflight import preflight
+    from .pipeline.preflight import preflight
     from .tracking import TrackingError
 
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already be connected
@@ -229,7 +229,7 @@ def _set_local_ray_loopback(address: str | None) -> None:
 
 def _run(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str], no_cache: bool,
          owns_ray: bool, verbose: bool) -> int:
-    from .console import Console
+    from .runtime.console import Console
 
     run_tag = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     storage = spec.storage()
@@ -242,8 +242,9 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
              owns_ray: bool, run_tag: str, console) -> int:
     import ray
 
-    from . import cache, dag, report
-    from .stages.context import PipelineContext
+    from .pipeline import cache, dag
+    from .results import selection
+    from .pipeline.stages.context import PipelineContext
     from .tracking import (ERROR_TAG, PIPELINE_TAG, SPEC_TAG, TrackingContext, close_orphaned_runs, ensure_experiment,
                            kill_running_children, root_cause, start_parent_run, ui_command)
 
@@ -298,7 +299,7 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
         shown = table.drop(columns=["mlflow_run_id", "error", "registered_model", "config"])
         log.info("\nAll target trials:\n%s", shown.to_string(index=False))
         log.info("\nChosen per target, budget and method (on validation averaged over seeds; test scored once per "
-                 "seed, on the reloaded model):\n%s", report.summary(table).to_string(index=False))
+                 "seed, on the reloaded model):\n%s", selection.summary(table).to_string(index=False))
     log.info("\n%s\n(again from MLflow alone, with plots: python -m orchestrator report %s --runs %s)", verdicts,
              spec.experiment_name(), parent.run_id)
     registered = sorted(table["registered_model"].dropna())
@@ -321,12 +322,12 @@ def _analyse(uri: str, experiment_id: str, parent_run_id: str) -> str:
     writes it; returns the verdicts for the console."""
     from mlflow.tracking import MlflowClient
 
-    from . import analysis
+    from .results.report import build_report, format_verdicts, log_to_parent
 
     with tempfile.TemporaryDirectory() as tmp:
-        report = analysis.build_report(MlflowClient(uri), experiment_id, [parent_run_id], Path(tmp))
-        analysis.log_to_parent(report, parent_run_id)
-    return analysis.format_verdicts(report)
+        report = build_report(MlflowClient(uri), experiment_id, [parent_run_id], Path(tmp))
+        log_to_parent(report, parent_run_id)
+    return format_verdicts(report)
 
 
 def flat_params(spec: PipelineSpec) -> dict[str, str]:
@@ -354,14 +355,14 @@ def _spec_file(spec: PipelineSpec, run_tag: str) -> Path:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from . import predict
+    from .serve import predict
 
     job = predict.plan_job(args.model_uri, args.input, args.out, args.tracking_uri, args.batch_size, args.workers,
                            args.cpus_per_worker, args.gpus_per_worker, args.probabilities)
     _set_local_ray_loopback(args.address)
     import ray
 
-    from .console import Console
+    from .runtime.console import Console
 
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already be connected
     if owns_ray:
@@ -376,8 +377,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import analysis, runs
-    from .spec import local_tracking_uri
+    from .results import runs
+    from .results.report import build_report, format_verdicts
+    from .spec.schema import local_tracking_uri
 
     uri = args.tracking_uri or local_tracking_uri()
     out = Path(args.out or f"report-{args.experiment}")
@@ -385,8 +387,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SpecError([SpecIssue(field="--out", value=str(out), message="is a file, not a directory",
                                    fix="pass a directory to write the report into")], "report")
     client, experiment_id, parent_run_ids = runs.select_parent_runs(uri, args.experiment, args.runs)
-    report = analysis.build_report(client, experiment_id, parent_run_ids, out)
-    log.info("%s\n\nReport of %d pipeline run(s) from %s in %s/:\n  %s", analysis.format_verdicts(report),
+    report = build_report(client, experiment_id, parent_run_ids, out)
+    log.info("%s\n\nReport of %d pipeline run(s) from %s in %s/:\n  %s", format_verdicts(report),
              len(parent_run_ids), redact(uri), out, "\n  ".join(sorted(f.name for f in report.files)))
     return 0
 

@@ -27,8 +27,8 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
 from .data import TaskData, text_columns
-from .redaction import redact
-from .spec import TaskSpec
+from .runtime.redaction import redact
+from .spec.schema import TaskSpec
 
 # MLflow prints "View run ... at: <tracking URI>" whenever a run ends, credentials included; the CLI
 # prints the (redacted) URI itself.
@@ -61,6 +61,7 @@ METRIC_TAG = "mpt.metric"  # on a registered model version, with the two values 
 VALIDATION_TAG = "mpt.validation_value"
 TEST_TAG = "mpt.test_value"
 PREDICTIONS_ARTIFACT = "predictions/test.json"  # a chosen trial's test labels and predictions
+TARGET_RESULTS = "targets"  # on a parent run: each target's trial rows (<task>.json), what a rerun reuses
 REPORT_DIR = "report"  # on a parent run: the trials table, the report's tables and plots
 
 

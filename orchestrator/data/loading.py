@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..spec import SpecIssue, TaskSpec
+from ..spec.schema import SpecIssue, TaskSpec
 from .fewshot import budget_problem
 from .readers import read_hf, read_local
 from .splits import build

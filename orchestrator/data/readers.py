@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..spec import SpecIssue, TaskSpec
+from ..spec.schema import SpecIssue, TaskSpec
 from .types import ROLES, TaskDataError, fail, issue, nearest
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..spec import TaskSpec
+from ..spec.schema import TaskSpec
 from .readers import RawSplit
 from .types import ROLES, Example, TaskData, TaskDataError, fail, issue, label_words, nearest, seed_int
 

@@ -44,7 +44,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from ..spec import TaskSpec
+from ..spec.schema import TaskSpec
 from .types import Example, TaskData, fail, label_words, nearest, seed_int
 
 EMBEDDED_SIZES = {"train": 2000, "validation": 400, "test": 400}

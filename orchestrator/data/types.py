@@ -3,7 +3,7 @@ split building all share.
 
 Every task, whatever its source, becomes a :class:`TaskData`: label names, label words (for
 text-to-text models) and train/validation/test lists of :class:`Example`. Every data problem is a
-:class:`~orchestrator.spec.SpecIssue` naming the task field at fault and its fix, raised together
+:class:`~orchestrator.spec.schema.SpecIssue` naming the task field at fault and its fix, raised together
 as one :class:`TaskDataError`.
 """
 
@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..spec import SpecIssue, TaskSpec
+from ..spec.schema import SpecIssue, TaskSpec
 
 ROLES = ("train", "validation", "test")
 

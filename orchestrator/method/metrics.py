@@ -3,7 +3,7 @@
 Here rather than in the data layer because scoring belongs to the method (training selects on it),
 and kept free of Ray, MLflow and torch so that any process can score. Every score is computed from
 a confusion matrix, and ``score_confusions`` takes a whole stack of them at once: the comparison
-of two methods (``orchestrator/stats.py``) scores each seed's matrix with every test example left
+of two methods (``orchestrator/results/stats.py``) scores each seed's matrix with every test example left
 out in turn, which one call per matrix would make slow. The values equal scikit-learn's (macro F1
 with ``zero_division=0`` over the classes present in labels or predictions; MCC 0 where it is undefined); a unit test checks it.
 """

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..spec import PACKAGED_MODEL, TINY_MODELS, ModelSpec
+from ..spec.schema import PACKAGED_MODEL, TINY_MODELS, ModelSpec
 
 if TYPE_CHECKING:
     from peft import PeftModel

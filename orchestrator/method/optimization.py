@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ..spec import DropoutSetting, OptimizerName, ScheduleName
+from ..spec.schema import DropoutSetting, OptimizerName, ScheduleName
 
 # Attention modules that apply dropout functionally keep their rate as a float, not a module:
 # T5Attention as `dropout`, Llama-style attention as `attention_dropout`.

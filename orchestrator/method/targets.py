@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import models
-from ..search import MPT_MODELS
+from ..spec.search import MPT_MODELS
 from .distill import SHARED_PROMPT_FILE, SharedPrompt, Teacher
 
 HEAD_FILE = "head.safetensors"

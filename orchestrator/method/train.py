@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Example, TaskData
-from ..spec import DropoutSetting, OptimizerName, ScheduleName
+from ..spec.schema import DropoutSetting, OptimizerName, ScheduleName
 from .metrics import compute_metric
 from .models import HEAD_NAMES
 from .optimization import make_optimizer, make_schedule, set_dropout

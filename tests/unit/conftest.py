@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.method import models
-from orchestrator.spec import ModelSpec
+from orchestrator.spec.schema import ModelSpec
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from orchestrator import analysis
+from orchestrator.results.report import build_report, log_to_parent, metric_name
 from orchestrator.cli import EXIT_BAD_INPUT, main
 
 TASK = "review_polarity"
@@ -130,9 +130,9 @@ def test_without_runs_the_latest_finished_pipeline_run_into_the_default_dir(stor
 def test_log_to_parent_adds_files_and_difference_metrics(store, tmp_path):
     _, uri, ids = store
     client = MlflowClient(uri)
-    built = analysis.build_report(client, client.get_experiment_by_name("mpt-demo").experiment_id, [ids["a"]],
+    built = build_report(client, client.get_experiment_by_name("mpt-demo").experiment_id, [ids["a"]],
                                   tmp_path / "r")
-    analysis.log_to_parent(built, ids["a"])
+    log_to_parent(built, ids["a"])
     metrics = client.get_run(ids["a"]).data.metrics
     assert metrics[f"diff_vanilla_pt_{TASK}"] == 1.0 and metrics[f"diff_low_vanilla_pt_{TASK}"] == 1.0
     assert metrics[f"diff_p_improvement_vanilla_pt_{TASK}"] == 1.0
@@ -172,7 +172,7 @@ def test_one_seed_gets_a_difference_and_no_verdict(store, tmp_path):
 
 def test_metric_names_keep_only_what_mlflow_accepts():
     row = {"method": "single_source:sentiment", "task": TASK, "shots": "8"}
-    assert analysis.metric_name("diff", row) == f"diff_single_source-sentiment_{TASK}_8"
+    assert metric_name("diff", row) == f"diff_single_source-sentiment_{TASK}_8"
 
 
 @pytest.mark.parametrize("case, needle", [

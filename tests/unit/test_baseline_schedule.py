@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from helpers.specs import ROOT
 
-from orchestrator.spec_loading import load_spec
-from orchestrator.stages.target import baseline_trials_beside_distill
+from orchestrator.spec.loading import load_spec
+from orchestrator.pipeline.stages.target import baseline_trials_beside_distill
 
 DEMO = ROOT / "pipelines" / "demo.yaml"  # targets review_polarity, topic_match; trials of 1 CPU
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.cache import fingerprints, forced_stages
-from orchestrator.spec_loading import load_spec
+from orchestrator.pipeline.cache import fingerprints, forced_stages
+from orchestrator.spec.loading import load_spec
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "pipelines" / "smoke.yaml")
 

@@ -14,8 +14,8 @@ import logging
 import ray._private.worker as ray_worker
 from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-from orchestrator.console import RAY_PRINTER, Console
-from orchestrator.logs import MARK, configure, decode, progress, ticker
+from orchestrator.runtime.console import RAY_PRINTER, Console
+from orchestrator.runtime.logs import MARK, configure, decode, progress, ticker
 
 
 def forwarded(*calls) -> list[str]:

@@ -13,7 +13,7 @@ from helpers.data import hf_offline, pair_rows, sentiment_rows, write_hub_layout
 from helpers.data_checks import ROLES, texts, the_error
 
 from orchestrator.data import check_task, load_task
-from orchestrator.spec import TaskSpec
+from orchestrator.spec.schema import TaskSpec
 
 
 @pytest.fixture

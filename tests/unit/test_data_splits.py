@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.data import HELD_OUT_VAL, SMALL_TRAIN, TaskDataError, apply_split_rule, load_task
-from orchestrator.spec import TaskSpec
+from orchestrator.spec.schema import TaskSpec
 
 
 def test_local_float_labels_with_gaps_become_ints(tmp_path):

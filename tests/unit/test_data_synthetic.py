@@ -20,7 +20,7 @@ from orchestrator.data import (
     embedded_task_names,
     load_task,
 )
-from orchestrator.spec import TaskSpec
+from orchestrator.spec.schema import TaskSpec
 
 
 @pytest.mark.parametrize("name", embedded_task_names())
@@ -64,7 +64,7 @@ def test_embedded_is_deterministic_per_seed_and_splits_are_disjoint(name):
 
 def test_embedded_data_is_identical_across_processes():
     """Ray workers load tasks in their own processes: str hashing must not leak into the data."""
-    code = ("import hashlib; from orchestrator.spec import TaskSpec; from orchestrator.data import load_task; "
+    code = ("import hashlib; from orchestrator.spec.schema import TaskSpec; from orchestrator.data import load_task; "
             "d = load_task(TaskSpec(name='nli'), 5); print(hashlib.sha256(repr(d.train).encode()).hexdigest())")
     here = hashlib.sha256(repr(load_task(TaskSpec(name="nli"), 5).train).encode()).hexdigest()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository

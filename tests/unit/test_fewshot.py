@@ -10,7 +10,7 @@ from helpers.specs import SMOKE
 
 from orchestrator.cli import main
 from orchestrator.data import FULL, budget_problem, few_shot, load_task
-from orchestrator.spec import TaskSpec
+from orchestrator.spec.schema import TaskSpec
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import logging
 import subprocess
 import sys
 
-from orchestrator.logs import NAME, configure, fmt, progress
+from orchestrator.runtime.logs import NAME, configure, fmt, progress
 
 
 def emit(*lines: tuple[int, str]) -> tuple[str, str]:
@@ -47,9 +47,9 @@ def test_the_streams_are_the_ones_current_when_a_line_is_logged():
 
 WORKER = """
 import logging
-from orchestrator.logs import in_ray_worker
+from orchestrator.runtime.logs import in_ray_worker
 def stage():
-    logging.getLogger("orchestrator.stages.x").info("from a worker")
+    logging.getLogger("orchestrator.pipeline.stages.x").info("from a worker")
 {call}
 """
 

@@ -50,7 +50,7 @@ def test_method_and_data_import_no_ray_and_no_mlflow():
 
 
 def test_the_graph_imports_no_transformers_and_no_peft():
-    graph = ["orchestrator.dag", "orchestrator.stages.source", "orchestrator.stages.distill",
-             "orchestrator.stages.target", "orchestrator.cache"]
+    graph = ["orchestrator.pipeline.dag", "orchestrator.pipeline.stages.source", "orchestrator.pipeline.stages.distill",
+             "orchestrator.pipeline.stages.target", "orchestrator.pipeline.cache"]
     found = leaked(imported_by(graph), ("transformers", "peft"))
     assert found == [], f"imported by the graph's modules: {found[:20]}"

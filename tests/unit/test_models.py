@@ -9,7 +9,7 @@ from helpers.models import L, encoder, shared_prompt_file, small
 from peft import MultitaskPromptTuningConfig, MultitaskPromptTuningInit, TaskType, get_peft_model
 
 from orchestrator.method import models
-from orchestrator.spec import ModelSpec
+from orchestrator.spec.schema import ModelSpec
 
 
 @pytest.mark.parametrize("rank", [1, 3])

@@ -16,8 +16,8 @@ from ray.tune.experiment import Experiment
 from ray.tune.search import BasicVariantGenerator
 
 from orchestrator.cli import plan_lines
-from orchestrator.spec import PipelineSpec, SearchSpace
-from orchestrator.spec_loading import load_spec
+from orchestrator.spec.schema import PipelineSpec, SearchSpace
+from orchestrator.spec.loading import load_spec
 
 DEMO = ROOT / "pipelines" / "demo.yaml"
 TARGETS_LINE = re.compile(r"^3\. targets: (\d+) Ray Tune sweeps in parallel, (\d+) MPT trial\(s\) each .*"

@@ -17,7 +17,7 @@ from helpers.served import pyfunc_dir
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import EXIT_BAD_INPUT, main
-from orchestrator.registry import register
+from orchestrator.serve.registry import register
 from orchestrator.tracking import VALIDATION_TAG
 
 

@@ -13,8 +13,8 @@ import pytest
 from helpers.specs import ROOT, SMOKE, fields
 from helpers.specs import issues_text as text
 
-from orchestrator import preflight as pf
-from orchestrator.spec_loading import load_spec
+from orchestrator.pipeline import preflight as pf
+from orchestrator.spec.loading import load_spec
 from orchestrator.tracking import redact
 
 SECRET = "s3cr3t-SENTINEL-pw"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.registry import CHAMPION, champion, model_name, register, should_register
-from orchestrator.spec import RegistrySpec, SpecError
+from orchestrator.serve.registry import CHAMPION, champion, model_name, register, should_register
+from orchestrator.spec.schema import RegistrySpec, SpecError
 from orchestrator.tracking import METHOD_TAG, METRIC_TAG, VALIDATION_TAG
-from orchestrator.spec_loading import parse_spec
+from orchestrator.spec.loading import parse_spec
 
 
 @pytest.fixture

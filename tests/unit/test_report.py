@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.report import TABLE_COLUMNS, attach_test, family, results_table, select_best, summary
+from orchestrator.results.selection import TABLE_COLUMNS, attach_test, family, results_table, select_best, summary
 
 
 def row(method: str, value: float | None, *, task: str = "review_polarity", status: str = "completed",

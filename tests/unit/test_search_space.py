@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ray.tune.search.variant_generator import generate_variants
 
-from orchestrator.spec import SearchSpace, TargetStage
+from orchestrator.spec.schema import SearchSpace, TargetStage
 
-from orchestrator.spec_loading import load_spec
+from orchestrator.spec.loading import load_spec
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "pipelines" / "smoke.yaml")
 

@@ -13,8 +13,8 @@ from helpers.served import pyfunc_dir
 from orchestrator.data import text_columns
 from orchestrator.method.targets import load_trial_model, task_id_of
 from orchestrator.method.train import predict, predict_texts
-from orchestrator.serving import METADATA_KEY, PREDICTION, card_of_metadata
-from orchestrator.spec import TaskSpec
+from orchestrator.serve.pyfunc import METADATA_KEY, PREDICTION, card_of_metadata
+from orchestrator.spec.schema import TaskSpec
 
 
 def frame(data, columns) -> pd.DataFrame:

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.cli import EXIT_BAD_INPUT, main
-from orchestrator.spec import SpecError
-from orchestrator.spec_loading import apply_overrides, load_spec, parse_spec
+from orchestrator.spec.schema import SpecError
+from orchestrator.spec.loading import apply_overrides, load_spec, parse_spec
 
 PIPELINES = sorted(Path(__file__).resolve().parents[2].joinpath("pipelines").glob("*.yaml"))
 

@@ -8,7 +8,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.execution.scaling_policy import ResizeDecision, ScalingPolicy
 
-from orchestrator.stages.worker import NoAutoscalerScalingPolicy, StageTrainer
+from orchestrator.pipeline.stages.worker import NoAutoscalerScalingPolicy, StageTrainer
 
 SCALING = ray.train.ScalingConfig(num_workers=1)
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from orchestrator.method.metrics import compute_metric
-from orchestrator.stats import NO_DIFFERENCE, ONE_SEED, compare, interval, pseudo_values, verdict
+from orchestrator.results.stats import NO_DIFFERENCE, ONE_SEED, compare, interval, pseudo_values, verdict
 
 LABELS = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 1] * 6)
 

@@ -14,7 +14,7 @@ from helpers.models import small
 from mlflow.tracking import MlflowClient
 
 import orchestrator
-from orchestrator.spec import TaskSpec
+from orchestrator.spec.schema import TaskSpec
 from orchestrator.tracking import DATASET_CONTEXT, RunLogger, StageFailed, dataset_input, redact, root_cause
 
 
@@ -64,7 +64,7 @@ def test_redact_leaves_short_userinfo_parts_alone_elsewhere_in_the_text():
 
 
 RAY_ERROR = """ray::run_distill() (pid=4242, ip=127.0.0.1)
-  File "/work/main/orchestrator/stages/distill.py", line 90, in run_distill
+  File "/work/main/orchestrator/pipeline/stages/distill.py", line 90, in run_distill
     result = fit_trainer(ctx, distill_train_loop, config, stage.resources, "distill")
 ray.exceptions.RayTaskError(StageFailed): ray::TrainController.run() (pid=4300, ip=127.0.0.1)
   File "/work/main/orchestrator/tracking.py", line 170, in child_run

@@ -8,7 +8,7 @@ from helpers.models import L, encoder, small
 
 from orchestrator.method import models
 from orchestrator.method.train import batch_stream, evaluate, fit, task_loss
-from orchestrator.spec import TrainSpec
+from orchestrator.spec.schema import TrainSpec
 
 DEFAULTS = TrainSpec().optimization()
 

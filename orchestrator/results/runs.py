@@ -7,9 +7,9 @@ from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .redaction import redact
-from .spec import SpecError, SpecIssue, absent_local_store
-from .tracking import PARENT_TAG, PIPELINE_TAG, STAGE_TAG
+from ..runtime.redaction import redact
+from ..spec.schema import SpecError, SpecIssue, absent_local_store
+from ..tracking import PARENT_TAG, PIPELINE_TAG, STAGE_TAG
 
 
 def finished_parents(client: MlflowClient, experiment_id: str) -> list[Run]:

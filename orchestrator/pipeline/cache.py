@@ -17,15 +17,14 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from .method.distill import SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher
-from .spec import PipelineSpec
-from .tracking import (CACHE_TARGET_PREFIX, FINGERPRINT_TAG, REUSED_PREFIX, STAGE_TAG, RunLogger, TrackingContext,
-                       teacher_artifact)
+from ..method.distill import SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher
+from ..spec.schema import PipelineSpec
+from ..tracking import (CACHE_TARGET_PREFIX, FINGERPRINT_TAG, REUSED_PREFIX, STAGE_TAG, RunLogger, TrackingContext,
+                        TARGET_RESULTS, teacher_artifact)
 
 STAGES = ("source", "distill", "target")
 # Bump when a change to the method makes earlier results incomparable.
 METHOD_VERSION = "1"
-TARGET_RESULTS = "targets"
 JOINT = "distill:joint"  # the joint_multitask student: a distillation job without teachers
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from functools import cached_property
 import numpy as np
 from scipy import optimize, stats
 
-from .method.metrics import confusions, score_confusions
+from ..method.metrics import confusions, score_confusions
 
 NO_DIFFERENCE = "no detectable difference"
 ONE_SEED = "one seed: no verdict"

@@ -19,12 +19,13 @@ from typing import NamedTuple
 import pandas as pd
 import ray
 
-from . import cache, report
-from .logs import in_ray_worker
-from .method.distill import SharedPrompt, Teacher
+from . import cache
+from ..results import selection
+from ..runtime.logs import in_ray_worker
+from ..method.distill import SharedPrompt, Teacher
 from .stages import distill, source, target
 from .stages.context import PipelineContext
-from .tracking import RunLogger
+from ..tracking import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,8 @@ def target_node(ctx: PipelineContext, task: str, baselines: list[ray.ObjectRef],
 @ray.remote(num_cpus=0)
 @in_ray_worker
 def report_node(ctx: PipelineContext, parent_run_id: str, *target_rows: list[dict]) -> pd.DataFrame:
-    table = report.results_table([row for rows in target_rows for row in rows])
-    report.publish(table, RunLogger(ctx.tracking.uri, parent_run_id))
+    table = selection.results_table([row for rows in target_rows for row in rows])
+    selection.publish(table, RunLogger(ctx.tracking.uri, parent_run_id))
     return table
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .search import best_configurations
-from .tracking import REPORT_DIR, RunLogger
+from ..spec.search import best_configurations
+from ..tracking import REPORT_DIR, RunLogger
 
 TABLE_COLUMNS = ["task", "shots", "method", "seed", "config", "rank", "lr", "head_lr", "batch_size", "metric", "value",
                  "test_value", "steps", "trainable_params", "status", "best", "error", "mlflow_run_id",

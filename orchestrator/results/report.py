@@ -23,11 +23,10 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from . import plots, stats
-from .cache import TARGET_RESULTS
-from .report import family
+from .selection import family
 from .runs import search_all
-from .tracking import (BEST_TAG, METHOD_TAG, PARENT_TAG, PIPELINE_TAG, PREDICTIONS_ARTIFACT, REPORT_DIR, REUSED_PREFIX,
-                       STAGE_TAG, STOPPED_TAG, TASK_TAG)
+from ..tracking import (BEST_TAG, METHOD_TAG, PARENT_TAG, PIPELINE_TAG, PREDICTIONS_ARTIFACT, REPORT_DIR, REUSED_PREFIX,
+                        STAGE_TAG, STOPPED_TAG, TARGET_RESULTS, TASK_TAG)
 
 REFERENCE = "mpt"  # the method every other one (the baselines, the ablations) is compared against
 REUSED_TARGET = f"{REUSED_PREFIX}target:"  # on a parent run: the earlier parent run whose target results it reused

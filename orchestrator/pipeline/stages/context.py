@@ -7,11 +7,11 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..cache import fingerprints
-from ..data import TaskData, load_task
-from ..method import models
-from ..method.train import Encoder
-from ..spec import PipelineSpec
-from ..tracking import TrackingContext
+from ...data import TaskData, load_task
+from ...method import models
+from ...method.train import Encoder
+from ...spec.schema import PipelineSpec
+from ...tracking import TrackingContext
 
 
 @dataclass(frozen=True)

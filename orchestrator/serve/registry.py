@@ -17,12 +17,12 @@ from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, RESOURCE_ALRE
                                           ErrorCode)
 from mlflow.tracking import MlflowClient
 
-from . import serving
-from .data import TaskData
-from .method.models import hub_revision
-from .report import family
-from .spec import RegistrySpec
-from .tracking import FINGERPRINT_TAG, METHOD_TAG, METRIC_TAG, PIPELINE_TAG, TASK_TAG, TEST_TAG, VALIDATION_TAG
+from . import pyfunc as serving
+from ..data import TaskData
+from ..method.models import hub_revision
+from ..results.selection import family
+from ..spec.schema import RegistrySpec
+from ..tracking import FINGERPRINT_TAG, METHOD_TAG, METRIC_TAG, PIPELINE_TAG, TASK_TAG, TEST_TAG, VALIDATION_TAG
 
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"  # where the pyfunc model lies among the trial run's artifacts

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .logs import in_ray_worker
-from .redaction import redact
-from .serving import PREDICTION, ModelCard, card_of_metadata, download, model_source
-from .spec import SpecError, SpecIssue, absent_local_store, local_tracking_uri
+from ..runtime.logs import in_ray_worker
+from ..runtime.redaction import redact
+from .pyfunc import PREDICTION, ModelCard, card_of_metadata, download, model_source
+from ..spec.schema import SpecError, SpecIssue, absent_local_store, local_tracking_uri
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 PROGRESS_EVERY_S = 10.0

@@ -17,10 +17,10 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
 from safetensors.torch import load_file, save_file
 
-from ..ddp import NodeBoundTorchConfig
-from ..logs import ticker
-from ..spec import Resources
-from ..tracking import ATTEMPTS_TAG, NODE_TAG, RESTARTED_TAG, RunLogger, node_name
+from ...runtime.ddp import NodeBoundTorchConfig
+from ...runtime.logs import ticker
+from ...spec.schema import Resources
+from ...tracking import ATTEMPTS_TAG, NODE_TAG, RESTARTED_TAG, RunLogger, node_name
 from .context import PipelineContext
 
 TRAINABLE_FILE = "trainable.safetensors"

@@ -30,19 +30,20 @@ from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from .. import registry, report
-from ..logs import in_ray_worker, progress, ticker
-from ..data import few_shot
-from ..method import models
-from ..method.distill import SharedPrompt, Teacher
-from ..method.metrics import compute_metric
-from ..method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
-from ..method.train import autocast, batch_stream, evaluate, fit, predict, task_loss, to_device
+from ...serve import registry
+from ...results import selection
+from ...runtime.logs import in_ray_worker, progress, ticker
+from ...data import few_shot
+from ...method import models
+from ...method.distill import SharedPrompt, Teacher
+from ...method.metrics import compute_metric
+from ...method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
+from ...method.train import autocast, batch_stream, evaluate, fit, predict, task_loss, to_device
 from ..preflight import bundles_that_fit
-from ..spec import PipelineSpec, SearchSpace
-from ..tracking import (BEST_TAG, CONFIG_TAG, ERROR_TAG, FINGERPRINT_TAG, METHOD_TAG, PIPELINE_TAG,
-                        PREDICTIONS_ARTIFACT, STOPPED_TAG, SWEEP_TAG, TRIAL_ID_TAG, RunLogger, TrackingContext,
-                        child_run, root_cause)
+from ...spec.schema import PipelineSpec, SearchSpace
+from ...tracking import (BEST_TAG, CONFIG_TAG, ERROR_TAG, FINGERPRINT_TAG, METHOD_TAG, PIPELINE_TAG,
+                         PREDICTIONS_ARTIFACT, STOPPED_TAG, SWEEP_TAG, TRIAL_ID_TAG, RunLogger, TrackingContext,
+                         child_run, root_cause)
 from .context import PipelineContext
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune
             file = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
             file.write_text(json.dumps({"metric": data.metric, "labels": labels, "predictions": predictions}))
             logger.log_artifact(file, str(Path(PREDICTIONS_ARTIFACT).parent))
-        logger.log_artifact(checkpoint_dir, "best_adapter" if method == "mpt" else f"best_{report.family(method)}")
+        logger.log_artifact(checkpoint_dir, "best_adapter" if method == "mpt" else f"best_{selection.family(method)}")
         if register and registry.should_register(spec.registry, method):
             metrics["registered_model"] = registry.register_best(ctx, task, method, data, checkpoint_dir, run_id,
                                                                  metrics)
@@ -330,11 +331,11 @@ def run_target(ctx: PipelineContext, task: str, starts: dict[int, Starts], basel
     chosen ones with their test value. The registry gets one model per method: the first seed's, at
     the last budget."""
     rows = run_mpt_sweeps(ctx, task, starts) + ray.get(baseline_rows)
-    bests = report.select_best(rows)
+    bests = selection.select_best(rows)
     spec = ctx.spec
     registered = (spec.seed_list()[0], str(spec.target.budgets()[-1]))
     cpus = spec.target.resources.cpus_per_worker
     evaluations = ray.get([evaluate_best.options(num_cpus=cpus).remote(
         ctx, task, b["method"], b["checkpoint"], b["mlflow_run_id"], (b["seed"], str(b["shots"])) == registered)
         for b in bests])
-    return report.attach_test(rows, bests, evaluations)
+    return selection.attach_test(rows, bests, evaluations)

@@ -1,6 +1,6 @@
 """Pre-flight: what a run needs from the live cluster, checked before any compute.
 
-Each check returns a list of :class:`~orchestrator.spec.SpecIssue` (field, value, message, fix) and
+Each check returns a list of :class:`~orchestrator.spec.schema.SpecIssue` (field, value, message, fix) and
 prints nothing, so ``plan``/``run``/``validate`` can report every problem at once and exit 2:
 
 - :func:`resource_issues`: every stage's resource request fits the cluster. A Ray Train job
@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .spec import PipelineSpec, SpecIssue
-from .redaction import redact
+from ..spec.schema import PipelineSpec, SpecIssue
+from ..runtime.redaction import redact
 
 EPS = 1e-6  # Ray keeps resources in units of 1e-4; this only absorbs float noise
 TRACKING_TIMEOUT_S = 5.0

@@ -8,11 +8,11 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ..logs import in_ray_worker, fmt, progress
-from ..method import models
-from ..method.distill import Teacher
-from ..method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
-from ..tracking import FINGERPRINT_TAG, child_run, teacher_artifact
+from ...runtime.logs import in_ray_worker, fmt, progress
+from ...method import models
+from ...method.distill import Teacher
+from ...method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
+from ...tracking import FINGERPRINT_TAG, child_run, teacher_artifact
 from . import worker
 from .context import PipelineContext
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .redaction import redact
+from ..runtime.redaction import redact
 from .search import TUNABLE, SearchSpace
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"

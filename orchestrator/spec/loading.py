@@ -1,6 +1,6 @@
-"""A spec file to a :class:`~orchestrator.spec.PipelineSpec`: YAML read with ``safe_load``,
+"""A spec file to a :class:`~orchestrator.spec.schema.PipelineSpec`: YAML read with ``safe_load``,
 ``--set`` overrides applied, and every problem (unknown keys, wrong types, bad values, task names
-and roles that do not add up) collected into one :class:`~orchestrator.spec.SpecError`, each issue
+and roles that do not add up) collected into one :class:`~orchestrator.spec.schema.SpecError`, each issue
 with the field path, the value seen and how to fix it, before any compute starts."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .spec import PipelineSpec, SpecError, SpecIssue
+from .schema import PipelineSpec, SpecError, SpecIssue
 
 
 def _issue_from_pydantic(err: dict[str, Any], model_cls: type[BaseModel]) -> SpecIssue:
