@@ -21,8 +21,9 @@ import yaml
 
 from .runtime.logs import configure as configure_logging
 from .runtime.redaction import redact
-from .spec.schema import PipelineSpec, SpecError, SpecIssue
 from .spec.loading import load_spec
+from .spec.methods import METHODS, REFERENCE, upstream
+from .spec.schema import PipelineSpec, SpecError, SpecIssue
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -108,10 +109,10 @@ def check_inputs(spec: PipelineSpec, hub_data: bool = True) -> tuple[str, list[S
         if task.name in used and (hub_data or task.kind != "hf"):
             budgets = spec.target.budgets() if task.name in spec.targets else ()
             issues.extend(check_task(task, spec.seed, budgets))
-    if spec.model.task_type == "SEQ_2_SEQ_LM" and "head_only" in spec.target.baselines:
-        issues.append(SpecIssue(field="target.baselines", value="head_only",
-                                message="a text-to-text model has no classifier head to probe",
-                                fix="drop head_only, or use task_type SEQ_CLS"))
+    if spec.model.task_type == "SEQ_2_SEQ_LM":
+        issues += [SpecIssue(field="target.baselines", value=m, message="a text-to-text model has no classifier head "
+                             "to probe", fix=f"drop {m}, or use task_type SEQ_CLS")
+                   for m in spec.target.baselines if METHODS[m].needs_classifier_head]
     return model_dir, issues
 
 
@@ -136,7 +137,7 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
 
     t = spec.target
     seeds, budgets = spec.seed_list(), t.budgets()
-    mpt_trials = t.search_space.trial_count(["mpt"], t.num_samples, len(seeds)) * len(budgets)
+    mpt_trials = t.search_space.trial_count([REFERENCE], t.num_samples, len(seeds)) * len(budgets)
     baseline_methods = t.baseline_methods(spec.sources)
     baseline_trials = t.search_space.trial_count(baseline_methods, t.num_samples, len(seeds)) * len(budgets)
     lines = [
@@ -151,7 +152,7 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
         f"{spec.distill.steps} steps, lambda={spec.distill.lambda_:g}, T={spec.distill.temperature:g}, "
         f"{res(spec.distill.resources)}",
         *(["     - joint_multitask: 1 more Ray Train job at the same settings, task loss only (lambda=0, no "
-           "teachers), in parallel with the sources"] if "joint_multitask" in t.baselines else []),
+           "teachers), in parallel with the sources"] if "joint" in upstream(t.baselines) else []),
         f"3. targets: {len(spec.targets)} Ray Tune sweeps in parallel, {mpt_trials} MPT trial(s) each "
         f"({t.scheduler.type}) + {baseline_trials} baseline trial(s), {t.steps} steps per trial, "
         f"{res(t.resources)} per trial, max concurrent {t.max_concurrent_trials or 'unlimited'} per sweep",
@@ -171,7 +172,7 @@ def plan_lines(spec: PipelineSpec) -> list[str]:
         + ("(a verdict over seeds and test examples, P(MPT > method), the smallest detectable difference)"
            if len(seeds) > 1 else "(one seed: differences, no verdict)") + ", plots: on the parent MLflow run",
         *([f"5. registry: each target's best MPT trial as a version of "
-           f"{spec.registry.name.format(experiment=spec.experiment_name(), task='<task>', method='mpt')}"
+           f"{spec.registry.name.format(experiment=spec.experiment_name(), task='<task>', method=REFERENCE)}"
            f"{' (baselines too)' if spec.registry.baselines else ''}; alias @champion on the best validation"]
           if spec.registry.enabled else []),
         f"tracking: {redact(spec.tracking_uri())} experiment {spec.experiment_name()!r}; "
@@ -243,8 +244,8 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
     import ray
 
     from .pipeline import cache, dag
-    from .results import selection
     from .pipeline.stages.context import PipelineContext
+    from .results import selection
     from .tracking import (ERROR_TAG, PIPELINE_TAG, SPEC_TAG, TrackingContext, close_orphaned_runs, ensure_experiment,
                            kill_running_children, root_cause, start_parent_run, ui_command)
 

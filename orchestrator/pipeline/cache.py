@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from ..method.distill import SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher
+from ..spec.methods import REFERENCE, upstream
 from ..spec.schema import PipelineSpec
 from ..tracking import (CACHE_TARGET_PREFIX, FINGERPRINT_TAG, REUSED_PREFIX, STAGE_TAG, RunLogger, TrackingContext,
                         TARGET_RESULTS, teacher_artifact)
@@ -51,15 +52,14 @@ def fingerprints(spec: PipelineSpec) -> dict[str, str]:
     # the joint_multitask ablation: no teachers, so neither their fingerprints nor lambda and T matter
     joint = {k: v for k, v in settings(spec.distill).items() if k not in ("lambda", "temperature")}
     fps[JOINT] = _digest(common, joint, "joint_multitask", [spec.task(t).model_dump() for t in spec.sources])
-    baselines = spec.target.baselines
-    upstream = [fps["distill"]] + ([fps[f"source:{t}"] for t in spec.sources]
-                                   if {"single_source", "no_distill"} & set(baselines) else []) \
-        + ([fps[JOINT]] if "joint_multitask" in baselines else [])
+    stage_keys = {"distill": ["distill"], "sources": [f"source:{t}" for t in spec.sources], "joint": [JOINT]}
+    needed = upstream([REFERENCE, *spec.target.baselines])
+    inputs = [fps[key] for stage in ("distill", "sources", "joint") if stage in needed for key in stage_keys[stage]]
     if spec.seed_scope == "pipeline":  # every other seed's sources and distillation feed the targets too
-        upstream += [{k: v for k, v in fingerprints(spec.for_seed(s)).items() if not k.startswith("target:")}
+        inputs += [{k: v for k, v in fingerprints(spec.for_seed(s)).items() if not k.startswith("target:")}
                      for s in spec.seed_list()[1:]]
     for t in spec.targets:
-        fps[f"target:{t}"] = _digest(common, settings(spec.target), spec.task(t).model_dump(), upstream,
+        fps[f"target:{t}"] = _digest(common, settings(spec.target), spec.task(t).model_dump(), inputs,
                                      spec.seed_list())
     return fps
 

@@ -19,13 +19,15 @@ from typing import NamedTuple
 import pandas as pd
 import ray
 
-from . import cache
+from ..method.distill import SharedPrompt, Teacher
 from ..results import selection
 from ..runtime.logs import in_ray_worker
-from ..method.distill import SharedPrompt, Teacher
+from ..spec.methods import upstream
+from ..tracking import RunLogger
+from . import cache
+from .resources import baseline_trials_beside_distill
 from .stages import distill, source, target
 from .stages.context import PipelineContext
-from ..tracking import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ def seed_branch(ctx: PipelineContext, env: dict, baselines_wait: bool) -> Branch
     distillation; with ``baselines_wait``, also without it but after it, for baselines that must."""
     teachers = [source_node.options(runtime_env=env).remote(ctx, task) for task in ctx.spec.sources]
     shared = distill_node.options(runtime_env=env).remote(ctx, *teachers)
-    joint = joint_node.options(runtime_env=env).remote(ctx) if "joint_multitask" in ctx.spec.target.baselines else None
+    joint = joint_node.options(runtime_env=env).remote(ctx) if "joint" in upstream(ctx.spec.target.baselines) else None
 
     def baseline_starts(after: ray.ObjectRef | None) -> ray.ObjectRef:
         return starts_node.options(runtime_env=env).remote(ctx.spec.seed, None, joint, *teachers, after=after)
@@ -143,7 +145,7 @@ def run_pipeline(ctx: PipelineContext) -> pd.DataFrame:
     seeds = spec.seed_list() if spec.seed_scope == "pipeline" else [spec.seed]
     # a local Ray has the CPUs it started with (a cluster's autoscaler adds nodes for a job that
     # waits): there each target's baseline sweep gets the trials that fit beside the distillations
-    beside = target.baseline_trials_beside_distill(spec, ray.cluster_resources(), len(seeds)) if ctx.local_ray else {}
+    beside = baseline_trials_beside_distill(spec, ray.cluster_resources(), len(seeds)) if ctx.local_ray else {}
     if beside:
         log.info("[pipeline] baseline sweeps beside the distillation: %s", ", ".join(
             f"{task} {f'at most {n} trial(s) at once' if n else 'none (it starts when the distillation ends)'}"

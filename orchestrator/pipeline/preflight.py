@@ -44,7 +44,6 @@ hang or fail late lives here, in one place, sharing one issue format and one vie
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import tempfile
 import threading
@@ -54,10 +53,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..spec.schema import PipelineSpec, SpecIssue
 from ..runtime.redaction import redact
+from ..spec.schema import PipelineSpec, SpecIssue
+from .resources import EPS, bundles_that_fit
 
-EPS = 1e-6  # Ray keeps resources in units of 1e-4; this only absorbs float noise
 TRACKING_TIMEOUT_S = 5.0
 STORAGE_TIMEOUT_S = 20.0
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
@@ -111,12 +110,6 @@ def autoscaling_node_types(config: dict | str | os.PathLike | None = None) -> li
             out.append({"name": name, "resources": dict(resources) if resources else None,
                         "max_workers": max_workers})
     return out
-
-
-def bundles_that_fit(bundle: dict[str, float], offer: dict[str, float]) -> int:
-    """How many copies of ``bundle`` fit in ``offer`` at once."""
-    counts = [math.floor(float(offer.get(k, 0.0)) / v + EPS) for k, v in bundle.items() if v > 0]
-    return max(0, min(counts)) if counts else 1_000_000
 
 
 def _num(x: float) -> str:

@@ -22,13 +22,12 @@ import pandas as pd
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from . import plots, stats
-from .selection import family
-from .runs import search_all
+from ..spec.methods import REFERENCE, family
 from ..tracking import (BEST_TAG, METHOD_TAG, PARENT_TAG, PIPELINE_TAG, PREDICTIONS_ARTIFACT, REPORT_DIR, REUSED_PREFIX,
                         STAGE_TAG, STOPPED_TAG, TARGET_RESULTS, TASK_TAG)
+from . import plots, stats
+from .runs import search_all
 
-REFERENCE = "mpt"  # the method every other one (the baselines, the ablations) is compared against
 REUSED_TARGET = f"{REUSED_PREFIX}target:"  # on a parent run: the earlier parent run whose target results it reused
 SEED_PARAMS = ("seed", "seeds")  # what replicas of one spec differ in
 RESULT_COLUMNS = ["pipeline_run", "task", "shots", "method", "metric", "n_seeds", "mean", "sd", "low", "high", "rank",

@@ -1,14 +1,17 @@
-"""The table (pandas) of every target trial of a run, and the configuration chosen per target,
-budget and method on validation averaged over seeds."""
+"""The choice a run makes: per target, budget and method, the configuration whose trials are best on
+validation averaged over seeds; and the table (pandas) of every target trial of a run."""
 
 from __future__ import annotations
 
 import tempfile
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from ..spec.search import best_configurations
+from ..spec.methods import family
 from ..tracking import REPORT_DIR, RunLogger
 
 TABLE_COLUMNS = ["task", "shots", "method", "seed", "config", "rank", "lr", "head_lr", "batch_size", "metric", "value",
@@ -16,9 +19,18 @@ TABLE_COLUMNS = ["task", "shots", "method", "seed", "config", "rank", "lr", "hea
                  "registered_model"]
 
 
-def family(method: str) -> str:
-    """mpt, head_only, vanilla_pt or single_source (whatever teacher it started from)."""
-    return method.split(":", 1)[0]
+def best_configurations(trials: list[dict], group: Callable[[dict], Any]) -> dict[Any, tuple[float, list[dict]]]:
+    """Per ``group(trial)``, the configuration (a trial's ``config``) whose trials have the best
+    ``value`` averaged over seeds: that mean and those trials, the first configuration on a tie."""
+    configs: dict[tuple, list[dict]] = defaultdict(list)
+    for trial in trials:
+        configs[(group(trial), trial.get("config"))].append(trial)
+    best: dict[Any, tuple[float, list[dict]]] = {}
+    for (key, _), same in configs.items():
+        score = sum(t["value"] for t in same) / len(same)
+        if key not in best or score > best[key][0]:
+            best[key] = (score, same)
+    return best
 
 
 def select_best(rows: list[dict]) -> list[dict]:

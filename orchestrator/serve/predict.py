@@ -22,8 +22,8 @@ import pandas as pd
 
 from ..runtime.logs import in_ray_worker
 from ..runtime.redaction import redact
-from .pyfunc import PREDICTION, ModelCard, card_of_metadata, download, model_source
 from ..spec.schema import SpecError, SpecIssue, absent_local_store, local_tracking_uri
+from .pyfunc import PREDICTION, ModelCard, card_of_metadata, download, model_source
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 PROGRESS_EVERY_S = 10.0

@@ -17,12 +17,12 @@ from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, RESOURCE_ALRE
                                           ErrorCode)
 from mlflow.tracking import MlflowClient
 
-from . import pyfunc as serving
 from ..data import TaskData
 from ..method.models import hub_revision
-from ..results.selection import family
+from ..spec.methods import REFERENCE, family
 from ..spec.schema import RegistrySpec
 from ..tracking import FINGERPRINT_TAG, METHOD_TAG, METRIC_TAG, PIPELINE_TAG, TASK_TAG, TEST_TAG, VALIDATION_TAG
+from . import pyfunc
 
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"  # where the pyfunc model lies among the trial run's artifacts
@@ -34,12 +34,12 @@ def model_name(registry: RegistrySpec, experiment: str, task: str, method: str) 
     """The registered model a best trial becomes a version of: one name per target for MPT, one per
     target and method family for the baselines."""
     fam = family(method)
-    template = registry.name if fam == "mpt" else registry.baseline_name
+    template = registry.name if fam == REFERENCE else registry.baseline_name
     return template.format(experiment=experiment, task=task, method=fam)
 
 
 def should_register(registry: RegistrySpec, method: str) -> bool:
-    return registry.enabled and (family(method) == "mpt" or registry.baselines)
+    return registry.enabled and (family(method) == REFERENCE or registry.baselines)
 
 
 def _code(err: MlflowException) -> int:
@@ -95,14 +95,14 @@ def register_best(ctx, task: str, method: str, data: TaskData, saved_dir: str, r
     """A target's chosen trial (files in ``saved_dir``, scored in ``metrics``) as a registered pyfunc
     model; returns ``models:/NAME/VERSION``. ``ctx`` is the stage's ``PipelineContext``."""
     spec = ctx.spec
-    card = serving.ModelCard.of(spec, task, data, method, hub_revision(ctx.model_dir))
+    card = pyfunc.ModelCard.of(spec, task, data, method, hub_revision(ctx.model_dir))
     name = model_name(spec.registry, spec.experiment_name(), task, method)
     value = next(v for k, v in metrics.items() if k.startswith("eval_"))
     test = next(v for k, v in metrics.items() if k.startswith("test_"))
     tags = {PIPELINE_TAG: ctx.tracking.pipeline_run, TASK_TAG: task, METHOD_TAG: method, METRIC_TAG: data.metric,
             VALIDATION_TAG: repr(value), TEST_TAG: repr(test), FINGERPRINT_TAG: ctx.fingerprints[f"target:{task}"]}
     with tempfile.TemporaryDirectory() as tmp:
-        path = serving.save(Path(tmp) / MODEL_ARTIFACT, card, saved_dir, serving.input_example(card, data))
+        path = pyfunc.save(Path(tmp) / MODEL_ARTIFACT, card, saved_dir, pyfunc.input_example(card, data))
         version, moved, why = register(ctx.tracking.uri, run_id, name, path, tags)
     log.info("[target:%s] %s registered as %s version %s (%s)%s", task, family(method), name, version.version, why,
              f"; serving as models:/{name}@{CHAMPION}" if moved else "")

@@ -1,6 +1,7 @@
 """The typed pipeline spec: every section and field, with help text (``description``) and the
 checks on its values, and :class:`SpecIssue` / :class:`SpecError`, how problems are reported.
-Reading a spec file (YAML, ``--set`` overrides, all problems at once) is ``spec_loading``.
+Reading a spec file (YAML, ``--set`` overrides, all problems at once) is ``loading``; the search
+space is ``search`` and the target methods ``methods``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..runtime.redaction import redact
+from .methods import BASELINES, METHODS, REFERENCE, expand
 from .search import TUNABLE, SearchSpace
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
@@ -178,12 +180,10 @@ class TargetStage(TrainSpec):
                                         "num_samples times.")
     max_concurrent_trials: int | None = Field(None, gt=0, description="Cap on trials running at once per target.")
     scheduler: Scheduler = Field(default_factory=Scheduler)
-    baselines: list[Literal["head_only", "vanilla_pt", "single_source", "no_distill", "joint_multitask"]] = Field(
+    baselines: list[Literal[BASELINES]] = Field(
         default_factory=list,
-        description="Methods compared with MPT at the same step budget and lr search: head_only (linear probe), "
-        "vanilla_pt (random prompt), single_source (one run per source prompt, SPoT), and the ablations "
-        "no_distill (the mean of the teacher prompts, not distilled) and joint_multitask (an MPT student trained "
-        "on the sources' task loss only, no teachers: its own Ray Train job).",
+        description="Methods compared with MPT at the same step budget and lr search: "
+        + "; ".join(f"{m.name} ({m.help})" for m in METHODS.values() if m.name != REFERENCE) + ".",
     )
     shots: list[int | Literal["full"]] | None = Field(
         None,
@@ -222,11 +222,8 @@ class TargetStage(TrainSpec):
                 "weight_decay": self.weight_decay}
 
     def baseline_methods(self, sources: list[str]) -> list[str]:
-        """The baselines sweep's methods; ``single_source`` is one method per source task."""
-        methods = [m for m in self.baselines if m != "single_source"]
-        if "single_source" in self.baselines:
-            methods += [f"single_source:{s}" for s in sources]
-        return methods
+        """The baselines sweep's methods; a per-source one (``single_source``) once per source task."""
+        return expand(self.baselines, sources)
 
 
 def local_tracking_uri(base: Path | None = None) -> str:

@@ -6,18 +6,16 @@ from __future__ import annotations
 import difflib
 import math
 import random
-from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, RootModel, field_validator
+
+from .methods import method_of
 
 TUNABLE = ("rank", "lr", "head_lr", "batch_size", "weight_decay")
 
 BASELINE_KEY = "baseline"  # a multi-method sweep's grid over methods: one dict of settings per method
 SAMPLE_KEY = "sample"  # a sweep's grid over its draws of the random domains, shared by seeds and methods
-# Methods that train MPT's target model (P* times u v^T of a searched rank), differing only in where P* comes from.
-MPT_MODELS = ("mpt", "no_distill", "joint_multitask")
 
 
 class SearchSpace(RootModel[dict[str, Any]]):
@@ -59,10 +57,8 @@ class SearchSpace(RootModel[dict[str, Any]]):
 
     @staticmethod
     def method_keys(method: str) -> tuple[str, ...]:
-        """The settings a method's trials take: rank belongs to MPT's target model alone, and the linear
-        probe has no prompt, so no prompt lr either (it runs once per head_lr, not once per prompt lr)."""
-        drop = () if method in MPT_MODELS else ("rank", "lr") if method == "head_only" else ("rank",)
-        return tuple(k for k in TUNABLE if k not in drop)
+        """The settings a method's trials take (its entry's ``searches``), in the order of ``TUNABLE``."""
+        return tuple(k for k in TUNABLE if k in method_of(method).searches)
 
     def trial_count(self, methods: list[str], num_samples: int, seeds: int = 1) -> int:
         """How many trials Tune runs for one sweep over ``methods``, every configuration at ``seeds`` seeds."""
@@ -114,20 +110,6 @@ class SearchSpace(RootModel[dict[str, Any]]):
     def configuration(settings: dict[str, Any]) -> str:
         """What one configuration's trials share across seeds (method and searched values), as a key."""
         return ",".join(f"{k}={settings[k]}" for k in ("method", *TUNABLE) if settings.get(k) not in (None, ""))
-
-
-def best_configurations(trials: list[dict], group: Callable[[dict], Any]) -> dict[Any, tuple[float, list[dict]]]:
-    """Per ``group(trial)``, the configuration (a trial's ``config``) whose trials have the best
-    ``value`` averaged over seeds: that mean and those trials, the first configuration on a tie."""
-    configs: dict[tuple, list[dict]] = defaultdict(list)
-    for trial in trials:
-        configs[(group(trial), trial.get("config"))].append(trial)
-    best: dict[Any, tuple[float, list[dict]]] = {}
-    for (key, _), same in configs.items():
-        score = sum(t["value"] for t in same) / len(same)
-        if key not in best or score > best[key][0]:
-            best[key] = (score, same)
-    return best
 
 
 def _domain_values(dom: Any) -> list[Any]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..cache import fingerprints
 from ...data import TaskData, load_task
 from ...method import models
 from ...method.train import Encoder
 from ...spec.schema import PipelineSpec
 from ...tracking import TrackingContext
+from ..cache import fingerprints
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ...runtime.logs import in_ray_worker, fmt, progress
 from ...method import models
 from ...method.distill import (SHARED_PROMPT_FILE, STUDENT_HEADS_FILE, SharedPrompt, Teacher, distill_step_loss,
                                init_student, label_slices, student_head_tensors, student_tensors, teacher_overrides)
-from ..cache import JOINT
 from ...method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
+from ...runtime.logs import fmt, in_ray_worker, progress
 from ...tracking import FINGERPRINT_TAG, METHOD_TAG, child_run
+from ..cache import JOINT
 from . import worker
 from .context import PipelineContext
 

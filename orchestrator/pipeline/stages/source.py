@@ -8,10 +8,10 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ...runtime.logs import in_ray_worker, fmt, progress
 from ...method import models
 from ...method.distill import Teacher
 from ...method.train import autocast, batch_stream, evaluate, fit, task_loss, to_device
+from ...runtime.logs import fmt, in_ray_worker, progress
 from ...tracking import FINGERPRINT_TAG, child_run, teacher_artifact
 from . import worker
 from .context import PipelineContext

@@ -30,17 +30,17 @@ from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from ...serve import registry
-from ...results import selection
-from ...runtime.logs import in_ray_worker, progress, ticker
 from ...data import few_shot
 from ...method import models
 from ...method.distill import SharedPrompt, Teacher
 from ...method.metrics import compute_metric
 from ...method.targets import build_target_model, load_trial_model, save_trial_model, task_id_of
 from ...method.train import autocast, batch_stream, evaluate, fit, predict, task_loss, to_device
-from ..preflight import bundles_that_fit
-from ...spec.schema import PipelineSpec, SearchSpace
+from ...results import selection
+from ...runtime.logs import in_ray_worker, progress, ticker
+from ...serve import registry
+from ...spec.methods import REFERENCE, family
+from ...spec.search import SearchSpace
 from ...tracking import (BEST_TAG, CONFIG_TAG, ERROR_TAG, FINGERPRINT_TAG, METHOD_TAG, PIPELINE_TAG,
                          PREDICTIONS_ARTIFACT, STOPPED_TAG, SWEEP_TAG, TRIAL_ID_TAG, RunLogger, TrackingContext,
                          child_run, root_cause)
@@ -234,7 +234,7 @@ def run_mpt_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Starts]) -
                 if sched.type == "asha" else FIFOScheduler())
         log.info("[target:%s] sweep over %s (%s), %d steps per trial, seeds %s%s", task,
                  sorted(stage.search_space.root), sched.type, stage.steps, seeds, _budget(shots))
-        rows += _rows(ctx, task, _sweep(ctx, task, starts, _space(ctx, ["mpt"], shots), _sweep_name(ctx, task, shots),
+        rows += _rows(ctx, task, _sweep(ctx, task, starts, _space(ctx, [REFERENCE], shots), _sweep_name(ctx, task, shots),
                                         asha, stage.max_concurrent_trials))
     return rows
 
@@ -252,26 +252,6 @@ def run_baseline_sweeps(ctx: PipelineContext, task: str, starts: dict[int, Start
         rows += _rows(ctx, task, _sweep(ctx, task, starts, _space(ctx, baselines, shots),
                                         f"{_sweep_name(ctx, task, shots)}-baselines", FIFOScheduler(), max_concurrent))
     return rows
-
-
-def baseline_trials_beside_distill(spec: PipelineSpec, cluster: dict[str, float], distillations: int) -> dict[str, int]:
-    """How many trials each target's baseline sweep may run at once beside the distillations on a Ray
-    of fixed size (``cluster``: its resources), so that they leave the distillations theirs. The
-    trials that fit are shared out in the spec's target order; a target given none (0) must wait for
-    the distillations.
-
-    Tune keeps a finished trial's process and resources for its next trial, so a sweep holds what it
-    once got until it ends. Uncapped baseline sweeps started beside the distillation take every free
-    CPU first, and the distillation, whose job asks later, waits for them: 210 s of the demo's 615 s
-    on 2 CPUs (bench/README.md), while its MPT sweeps, the last stage, wait for it.
-    """
-    distill, trial = spec.distill.resources, spec.target.resources
-    left = {name: amount - distillations * distill.num_workers * distill.bundle().get(name, 0.0)
-            for name, amount in cluster.items()}
-    free = bundles_that_fit(trial.bundle(), left)
-    share, extra = divmod(free, len(spec.targets))
-    cap = spec.target.max_concurrent_trials or free
-    return {task: min(share + (i < extra), cap) for i, task in enumerate(spec.targets)}
 
 
 def _space(ctx: PipelineContext, methods: list[str], shots: int | str) -> dict:
@@ -317,7 +297,7 @@ def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune
             file = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
             file.write_text(json.dumps({"metric": data.metric, "labels": labels, "predictions": predictions}))
             logger.log_artifact(file, str(Path(PREDICTIONS_ARTIFACT).parent))
-        logger.log_artifact(checkpoint_dir, "best_adapter" if method == "mpt" else f"best_{selection.family(method)}")
+        logger.log_artifact(checkpoint_dir, "best_adapter" if method == REFERENCE else f"best_{family(method)}")
         if register and registry.should_register(spec.registry, method):
             metrics["registered_model"] = registry.register_best(ctx, task, method, data, checkpoint_dir, run_id,
                                                                  metrics)
