@@ -47,8 +47,8 @@ from orchestrator.data import Example, load_task
 from orchestrator.method import models
 from orchestrator.method.optimization import make_optimizer, set_dropout
 from orchestrator.method.train import Encoder, autocast, batch_stream, fit, task_loss, to_device
-from orchestrator.spec import ModelSpec, TaskSpec
-from orchestrator.spec_loading import load_spec
+from orchestrator.spec.schema import ModelSpec, TaskSpec
+from orchestrator.spec.loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "nli"

@@ -20,7 +20,7 @@ import torch
 from orchestrator.data import load_task
 from orchestrator.method import models
 from orchestrator.method.train import Encoder, autocast, batch_stream, evaluate, fit, task_loss
-from orchestrator.spec_loading import load_spec
+from orchestrator.spec.loading import load_spec
 
 DEMO = Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
 RECIPES = {  # name: fit's optimisation keywords (warmup_ratio as the spec's default)

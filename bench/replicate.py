@@ -19,8 +19,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.runs import finished_parents
-from orchestrator.spec_loading import load_spec
+from orchestrator.results.runs import finished_parents
+from orchestrator.spec.loading import load_spec
 
 DEMO = Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
 

@@ -246,8 +246,8 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
     from .pipeline import cache, dag
     from .pipeline.stages.context import PipelineContext
     from .results import selection
-    from .tracking import (ERROR_TAG, PIPELINE_TAG, SPEC_TAG, TrackingContext, close_orphaned_runs, ensure_experiment,
-                           kill_running_children, root_cause, start_parent_run, ui_command)
+    from .tracking import (ERROR_TAG, PIPELINE_TAG, SPEC_DIR, SPEC_TAG, TrackingContext, close_orphaned_runs,
+                           ensure_experiment, kill_running_children, root_cause, start_parent_run, ui_command)
 
     uri = spec.tracking_uri()
     artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:") else None
@@ -256,11 +256,11 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
         log.info("[pipeline] run %s was left RUNNING by a pipeline that died; marked KILLED", run_id)
     parent = start_parent_run(uri, experiment_id, f"{spec.name}-{run_tag}", flat_params(spec),
                               {PIPELINE_TAG: run_tag, SPEC_TAG: Path(spec_path).name})
-    parent.log_artifact(_spec_file(spec, run_tag), "spec")
+    parent.log_artifact(_spec_file(spec, run_tag), SPEC_DIR)
     local_ray = _starts_local_ray(spec.cluster.address)
     if not ray.is_initialized():
         # A local Ray without its dashboard: its ten or so processes cost a 2-CPU laptop about 10 s at
-        # start-up (bench/overhead.py); a cluster started with `ray start --head` keeps its own.
+        # start-up (bench/overhead/); a cluster started with `ray start --head` keeps its own.
         ray.init(address=spec.cluster.address, logging_level="WARNING",
                  **({"include_dashboard": False} if local_ray else {}))
     console.hook_ray()
@@ -314,8 +314,10 @@ def _execute(spec: PipelineSpec, model_dir: str, spec_path: str, rerun: list[str
 def _keep_log(parent, console) -> None:
     """The run's log file so far, on its parent run (``logs/``): Ray's session logs do not outlive the
     machine, and a failed run is when it is read."""
+    from .tracking import LOGS_DIR
+
     console.flush()
-    parent.log_artifact(console.log_path, "logs")
+    parent.log_artifact(console.log_path, LOGS_DIR)
 
 
 def _analyse(uri: str, experiment_id: str, parent_run_id: str) -> str:

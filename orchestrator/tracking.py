@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from .data import TaskData, text_columns
 from .runtime.redaction import redact
+from .spec.methods import REFERENCE, family
 from .spec.schema import TaskSpec
 
 # MLflow prints "View run ... at: <tracking URI>" whenever a run ends, credentials included; the CLI
@@ -63,11 +64,20 @@ TEST_TAG = "mpt.test_value"
 PREDICTIONS_ARTIFACT = "predictions/test.json"  # a chosen trial's test labels and predictions
 TARGET_RESULTS = "targets"  # on a parent run: each target's trial rows (<task>.json), what a rerun reuses
 REPORT_DIR = "report"  # on a parent run: the trials table, the report's tables and plots
+SPEC_DIR = "spec"  # on a parent run: the spec as it ran (overrides applied)
+LOGS_DIR = "logs"  # on a parent run: the driver's log file
+MODEL_ARTIFACT = "model"  # on a chosen trial's run: its mlflow.pyfunc model, what the registry versions
 
 
 def teacher_artifact(task: str) -> str:
     """Where a source run keeps its teacher (what a later run reuses)."""
     return f"teacher/teacher_{task}.safetensors"
+
+
+def chosen_trial_artifact(method: str) -> str:
+    """Where a chosen trial's run keeps its saved model files: ``best_adapter`` for MPT, else
+    ``best_<family>``."""
+    return "best_adapter" if method == REFERENCE else f"best_{family(method)}"
 
 log = logging.getLogger(__name__)
 

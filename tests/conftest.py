@@ -1,6 +1,7 @@
 """The one fixture that owns a local Ray for the integration tests (per module, so that the
-multi-node cluster tests never run beside it). At the root of tests/ so that ``helpers`` (the
-loopback cluster, data fixtures) is importable from tests/unit and tests/integration alike."""
+multi-node cluster tests never run beside it), and the environment every test runs in. ``helpers``
+(the loopback cluster, data fixtures) is importable from every test folder through pytest's
+``pythonpath`` (pyproject.toml)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ prints nothing, so ``plan``/``run``/``validate`` can report every problem at onc
 What counts as "more than one machine": alive nodes with different ``NodeManagerAddress`` values,
 or an autoscaling cluster whose config (``~/ray_bootstrap_config.yaml`` on the head, written by
 ``ray up``) has a worker node type with ``max_workers > 0``. Nodes sharing one address are one
-machine (Ray's own multi-node test harness, ``tests/helpers/loopback.py``) and share its disk.
+machine (Ray's own multi-node test harness, ``tests/helpers/ray_cluster.py``) and share its disk.
 
 Storage on more than one machine: a plain path (``/data/ray_results``, ``./ray_results``) is taken
 to be each node's own disk, where Ray Train (>= 2.7) would scatter checkpoints that the driver

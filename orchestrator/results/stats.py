@@ -6,7 +6,7 @@ much one method's test score moves from seed to seed. ``compare`` says whether o
 another: its interval covers both the training (each seed retrains everything, so the seeds are
 the replicates) and the test sample (the examples the test set happened to draw), the two sources
 of noise a verdict must outlast. docs/design.md ("Comparing methods") says why it is built so and
-what it was checked against; ``tests/unit/test_stats.py`` simulates its calibration.
+what it was checked against; ``tests/unit/results/test_stats.py`` simulates its calibration.
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ from ..data import TaskData
 from ..method.models import hub_revision
 from ..spec.methods import REFERENCE, family
 from ..spec.schema import RegistrySpec
-from ..tracking import FINGERPRINT_TAG, METHOD_TAG, METRIC_TAG, PIPELINE_TAG, TASK_TAG, TEST_TAG, VALIDATION_TAG
+from ..tracking import (FINGERPRINT_TAG, METHOD_TAG, METRIC_TAG, MODEL_ARTIFACT, PIPELINE_TAG, TASK_TAG, TEST_TAG,
+                        VALIDATION_TAG)
 from . import pyfunc
 
 CHAMPION = "champion"
-MODEL_ARTIFACT = "model"  # where the pyfunc model lies among the trial run's artifacts
 
 log = logging.getLogger(__name__)
 

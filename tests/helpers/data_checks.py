@@ -1,11 +1,11 @@
-"""Assertions shared by the data-layer unit tests (tests/unit/test_data_*.py)."""
+"""Assertions shared by the data-layer unit tests (tests/unit/data/)."""
 
 from __future__ import annotations
 
 import pytest
 
 from orchestrator.data import TaskData, TaskDataError, check_task, load_task
-from orchestrator.spec import SpecIssue, TaskSpec
+from orchestrator.spec.schema import SpecIssue, TaskSpec
 
 ROLES = ("train", "validation", "test")
 

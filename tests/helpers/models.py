@@ -11,7 +11,7 @@ from orchestrator.data import TaskData, load_task
 from orchestrator.method import models
 from orchestrator.method.distill import SharedPrompt
 from orchestrator.method.train import Encoder
-from orchestrator.spec import TaskSpec
+from orchestrator.spec.schema import TaskSpec
 
 L = 4  # virtual tokens
 

@@ -11,7 +11,7 @@ import torch
 from orchestrator.data import TaskData
 from orchestrator.method.distill import SharedPrompt
 from orchestrator.method.targets import build_target_model, save_trial_model
-from orchestrator.serving import ModelCard, input_example, save
+from orchestrator.serve.pyfunc import ModelCard, input_example, save
 
 from .models import L
 

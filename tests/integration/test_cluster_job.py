@@ -38,7 +38,10 @@ import psutil
 import pytest
 import yaml
 
-from helpers import loopback as lb
+from helpers.mlflow_server import start_mlflow_server, stop_mlflow_server, wait_for_mlflow
+from helpers.processes import NO_PHONE_HOME, alive, kill_tree, process_tree
+from helpers.ray_cluster import LoopbackCluster, ray_cli, start_loopback_cluster, wait_for_job
+from helpers.sockets import ListenerLog, assert_all_loopback, free_port
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,8 +75,8 @@ UNAUTHORIZED = "Unauthorized: Missing authentication token"  # the body of Ray's
 
 PREFLIGHT_SCRIPT = """
 import json, sys
-from orchestrator.preflight import preflight
-from orchestrator.spec_loading import load_spec
+from orchestrator.pipeline.preflight import preflight
+from orchestrator.spec.loading import load_spec
 address, spec_path, tracking, storage = sys.argv[1:5]
 def check(*overrides):
     spec = load_spec(spec_path, [*overrides, "tracking.uri=" + tracking, "storage_path=" + storage])
@@ -116,7 +119,7 @@ def _ray_log_files(temp_root: Path) -> dict[str, str]:
             for d in dirs for f in d.rglob("*") if f.is_file()}
 
 
-def _submit(lc: lb.LoopbackCluster, env: dict[str, str], submission_id: str, runtime_env: dict,
+def _submit(lc: LoopbackCluster, env: dict[str, str], submission_id: str, runtime_env: dict,
             entrypoint: list[str]) -> tuple[subprocess.CompletedProcess, int]:
     """``ray job submit --no-wait`` as docs/cluster.md step 6 shows it, retried every SUBMIT_EVERY_S
     for SUBMIT_FOR_S while the output says the head cannot take a job yet (NOT_UP_YET), returned at
@@ -128,7 +131,7 @@ def _submit(lc: lb.LoopbackCluster, env: dict[str, str], submission_id: str, run
     tries = 0
     while True:
         tries += 1
-        result = lb.ray_cli(args, env, timeout=CLI_TIMEOUT_S)
+        result = ray_cli(args, env, timeout=CLI_TIMEOUT_S)
         out = result.stdout + result.stderr
         if result.returncode == 0 or not any(s in out for s in NOT_UP_YET) or time.monotonic() > deadline:
             return result, tries
@@ -148,7 +151,7 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
     from ray.util.state import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
 
-    from orchestrator.spec_loading import apply_overrides, load_spec
+    from orchestrator.spec.loading import apply_overrides, load_spec
     from orchestrator.tracking import NODE_TAG, PARENT_TAG, STAGE_TAG, TASK_TAG
 
     timings: dict[str, float] = {}
@@ -156,21 +159,21 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
     password, token = _sentinels()
     storage = tmp_path / "ray_results"
     storage_uri = f"{storage.as_uri()}?token={token}"  # file:///.../ray_results?token=SENTINEL-tok-...
-    url, mlf = lb.start_mlflow_server(tmp_path / "mlflow", wait=False)  # boots while Ray starts
+    url, mlf = start_mlflow_server(tmp_path / "mlflow", wait=False)  # boots while Ray starts
     tracking = url.replace("http://", f"http://mpt-user:{password}@")  # what the job gets; the server ignores it
     lc = None
     pre = None
     leaks: list[str] | None = None
     scanned = 0
-    log = lb.ListenerLog()
+    log = ListenerLog()
     started: list[psutil.Process] = []
     survivors: list[psutil.Process] = []
     try:
         t = time.monotonic()
-        lc = lb.start_loopback_cluster(head_cpus=1, node2_cpus=1, auth_token=uuid.uuid4().hex)
+        lc = start_loopback_cluster(head_cpus=1, node2_cpus=1, auth_token=uuid.uuid4().hex)
         timings["ray_start"] = time.monotonic() - t
         t = time.monotonic()
-        lb.wait_for_mlflow(url, mlf)
+        wait_for_mlflow(url, mlf)
         timings["mlflow_ready_after_ray"] = time.monotonic() - t
 
         # Nothing but loopback: every node's address, the endpoints, every listener so far.
@@ -182,7 +185,7 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
         assert url.startswith("http://127.0.0.1:") and lc.dashboard_url.startswith("http://127.0.0.1:")
         assert lc.gcs_address.startswith("127.0.0.1:"), lc.gcs_address
         node_ids = {n["NodeID"][:8] for n in nodes}
-        lb.assert_all_loopback(lc.processes() + [psutil.Process(mlf.pid)], "after start")
+        assert_all_loopback(lc.processes() + [psutil.Process(mlf.pid)], "after start")
 
         # Pre-flight against the live cluster, from a separate driver (this process never joins it),
         # with the token in its environment, as a driver on the head has it.
@@ -205,7 +208,7 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
         runtime_env = {
             "excludes": EXCLUDES,
             "env_vars": {
-                **lb.NO_PHONE_HOME,
+                **NO_PHONE_HOME,
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                 "GLOO_SOCKET_IFNAME": "lo",  # DDP traffic on loopback whatever the host name resolves to
                 "PYTHONUNBUFFERED": "1",
@@ -240,15 +243,15 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
         def sample() -> None:
             nonlocal last_sample
             if time.monotonic() - last_sample >= SAMPLE_EVERY_S:
-                procs = lc.processes() + lb.process_tree([mlf.pid, *([pre.pid] if pre.poll() is None else [])])
+                procs = lc.processes() + process_tree([mlf.pid, *([pre.pid] if pre.poll() is None else [])])
                 started.extend(procs)
                 log.sample(procs)
                 last_sample = time.monotonic()
 
-        status = lb.wait_for_job(client, job_id, timeout=JOB_TIMEOUT_S, poll=0.5, on_poll=sample)
+        status = wait_for_job(client, job_id, timeout=JOB_TIMEOUT_S, poll=0.5, on_poll=sample)
         timings["job"] = time.monotonic() - t
         # The logs as `ray job logs` (docs/cluster.md step 7) shows them, with the token.
-        shown = lb.ray_cli(["job", "logs", "--address", lc.dashboard_url, job_id], lc.client_env(),
+        shown = ray_cli(["job", "logs", "--address", lc.dashboard_url, job_id], lc.client_env(),
                            timeout=CLI_TIMEOUT_S)
         logs = shown.stdout + shown.stderr
         assert status == JobStatus.SUCCEEDED, f"job {job_id} ended {status}:\n{logs[-20000:]}"
@@ -353,29 +356,29 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
                   f"{took:6.1f}s  {run.data.tags.get(NODE_TAG, '')}")
 
         # Every listener of every process started, sampled while the job ran and once more now.
-        started.extend(lc.processes() + lb.process_tree([mlf.pid]))
+        started.extend(lc.processes() + process_tree([mlf.pid]))
         log.sample(started)
         assert log.samples >= 3
         assert not log.bad(), f"listening beyond loopback during the job ({log.samples} samples):\n" + \
             log.describe(log.bad())
-        lb.assert_all_loopback(lc.processes() + [psutil.Process(mlf.pid)], "after the job")
+        assert_all_loopback(lc.processes() + [psutil.Process(mlf.pid)], "after the job")
     finally:
         t = time.monotonic()
         if pre is not None and pre.poll() is None:
-            survivors += lb.kill_tree([pre.pid])
+            survivors += kill_tree([pre.pid])
         if lc is not None:
-            started = lb.process_tree(started) + lc.processes()
+            started = process_tree(started) + lc.processes()
             survivors += lc.stop()
-        started += lb.process_tree([mlf.pid])
-        survivors += lb.stop_mlflow_server(mlf)
-        survivors += lb.kill_tree(lb.alive(started))
+        started += process_tree([mlf.pid])
+        survivors += stop_mlflow_server(mlf)
+        survivors += kill_tree(alive(started))
         timings["stop"] = time.monotonic() - t
         timings["total"] = time.monotonic() - t_start
         _report(request, timings)
 
     assert not survivors, [f"{p.pid} {p.name()}" for p in survivors]
     assert mlf.poll() is not None
-    assert not lb.alive(started), [p.pid for p in lb.alive(started)]
+    assert not alive(started), [p.pid for p in alive(started)]
     assert len({p.pid for p in started}) > 10  # gcs, raylets, dashboard, agents, workers, drivers, mlflow
     assert leaks == [], f"{len(leaks)} line(s) with a secret in {scanned} texts scanned:\n" + "\n".join(leaks)
 
@@ -387,7 +390,7 @@ def test_credentials_in_uris_stay_out_of_a_failed_runs_messages(tmp_path):
     address the pre-flight estimates the local machine and starts no Ray."""
     password, token = _sentinels()
     (tmp_path / "a_file").write_text("not a directory")
-    dead_port = lb.free_port()  # nothing listens there (it was free a moment ago, and this test starts nothing)
+    dead_port = free_port()  # nothing listens there (it was free a moment ago, and this test starts nothing)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING"))}
     # This checkout's code whatever the cwd: an editable install may point at another checkout, and
     # Python's path search (PYTHONPATH first) runs before the editable install's finder.
@@ -396,7 +399,7 @@ def test_credentials_in_uris_stay_out_of_a_failed_runs_messages(tmp_path):
         [sys.executable, "-m", "orchestrator", "run", str(ROOT / SMOKE),
          "--tracking-uri", f"http://mpt-user:{password}@127.0.0.1:{dead_port}",
          "--set", f"storage_path={(tmp_path / 'a_file' / 'ray_results').as_uri()}?token={token}"],
-        cwd=tmp_path, env={**env, **lb.NO_PHONE_HOME}, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env={**env, **NO_PHONE_HOME}, capture_output=True, text=True, timeout=600)
     out = result.stdout + result.stderr
     assert result.returncode == 2, out[-5000:]
     # Failed for the two reasons set up here, with both URIs shown (redacted), so that "no secret in

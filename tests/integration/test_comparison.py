@@ -17,10 +17,10 @@ from helpers.pipeline import run_cli, run_smoke
 from helpers.specs import SMOKE
 from mlflow.tracking import MlflowClient
 
-from orchestrator.analysis import ONE_PROMPT, PER_SEED
-from orchestrator.cache import fingerprints
-from orchestrator.spec_loading import load_spec
-from orchestrator.stats import NO_DIFFERENCE
+from orchestrator.results.report import ONE_PROMPT, PER_SEED
+from orchestrator.pipeline.cache import fingerprints
+from orchestrator.spec.loading import load_spec
+from orchestrator.results.stats import NO_DIFFERENCE
 from orchestrator.tracking import METHOD_TAG, PARENT_TAG, STAGE_TAG, TASK_TAG
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import ray
 import ray.cloudpickle
 from ray import tune
 
-from orchestrator.stages.target import sweep_trainable
+from orchestrator.pipeline.stages.target import sweep_trainable
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from orchestrator.ddp import NodeBoundTorchConfig
-from orchestrator.stages.worker import StageTrainer
+from orchestrator.runtime.ddp import NodeBoundTorchConfig
+from orchestrator.pipeline.stages.worker import StageTrainer
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import torch
 from orchestrator.data import load_task
 from orchestrator.method import models
 from orchestrator.method.train import Encoder, autocast, batch_stream, evaluate, fit, task_loss, to_device
-from orchestrator.spec import ModelSpec, TaskSpec, TrainSpec
+from orchestrator.spec.schema import ModelSpec, TaskSpec, TrainSpec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device here; the GPU path is tested where one is")

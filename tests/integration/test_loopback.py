@@ -23,7 +23,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import loopback as lb
+from helpers.processes import alive, kill_tree, process_tree
+from helpers.ray_cluster import ray_cli
+from helpers.sockets import assert_all_loopback, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +52,7 @@ def test_token_auth_on_loopback_head(tmp_path, request):
     (home_tok / ".ray").mkdir(parents=True)
     (home_tok / ".ray" / "auth_token").write_text(token)
     raytmp = Path(tempfile.mkdtemp(prefix="rlt", dir="/tmp"))  # short: AF_UNIX path limit
-    gcs_port, dash_port = lb.free_port(), lb.free_port()
+    gcs_port, dash_port = free_port(), free_port()
     client_env = {
         k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER"))
     }
@@ -67,14 +69,14 @@ def test_token_auth_on_loopback_head(tmp_path, request):
         **client_env,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_file),
-        "AUTOSCALER_METRIC_PORT": str(lb.free_port()),
-        "DASHBOARD_METRIC_PORT": str(lb.free_port()),
+        "AUTOSCALER_METRIC_PORT": str(free_port()),
+        "DASHBOARD_METRIC_PORT": str(free_port()),
     }
     cmd = [
         os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
         "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=1",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-        f"--dashboard-agent-listen-port={lb.free_port()}", "--disable-usage-stats",
+        f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats",
     ]  # fmt: skip
     address = f"http://127.0.0.1:{dash_port}"
     log_path = tmp_path / "ray-start.log"
@@ -95,8 +97,8 @@ def test_token_auth_on_loopback_head(tmp_path, request):
                 time.sleep(0.5)
         timings["ray_start"] = time.monotonic() - t
         assert mode.get("authentication_mode") == "token", mode
-        tree = lb.process_tree([head.pid])
-        lb.assert_all_loopback(tree, "ray start --head")
+        tree = process_tree([head.pid])
+        assert_all_loopback(tree, "ray start --head")
 
         jobs = ["job", "list", "--address", address]
         status = ["status", "--address", f"127.0.0.1:{gcs_port}"]
@@ -114,7 +116,7 @@ def test_token_auth_on_loopback_head(tmp_path, request):
         t = time.monotonic()
         with ThreadPoolExecutor(max_workers=4) as pool:  # each CLI call is mostly `import ray`
             results = dict(
-                zip(cases, pool.map(lambda c: lb.ray_cli(c[0], {**client_env, **c[1]}), cases.values()))
+                zip(cases, pool.map(lambda c: ray_cli(c[0], {**client_env, **c[1]}), cases.values()))
             )
         timings["clients"] = time.monotonic() - t
         problems = []
@@ -126,18 +128,18 @@ def test_token_auth_on_loopback_head(tmp_path, request):
             if expected is not None and (r.returncode == 0 or expected not in out):
                 problems.append(f"{name}: expected failure with {expected!r}, rc={r.returncode}\n{out[-1500:]}")
         assert not problems, "\n\n".join(problems)
-        tree = lb.process_tree(tree + [head.pid])
+        tree = process_tree(tree + [head.pid])
     finally:
         t = time.monotonic()
-        tree = lb.process_tree(tree + [head.pid])
+        tree = process_tree(tree + [head.pid])
         head.terminate()  # `ray start --block` stops its own processes on SIGTERM ...
         with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(timeout=30)
-        survivors = lb.kill_tree(tree)  # ... and anything left is killed by PID
+        survivors = kill_tree(tree)  # ... and anything left is killed by PID
         shutil.rmtree(raytmp, ignore_errors=True)
         timings["stop"] = time.monotonic() - t
         timings["total"] = time.monotonic() - t_start
         _report(request, timings)
     assert not survivors, [p.pid for p in survivors]
     assert head.poll() is not None
-    assert not lb.alive(tree)
+    assert not alive(tree)

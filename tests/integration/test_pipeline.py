@@ -17,7 +17,7 @@ from peft import PeftModel
 from orchestrator.data import load_task
 from orchestrator.method import models
 from orchestrator.method.train import Encoder, evaluate
-from orchestrator.spec_loading import load_spec
+from orchestrator.spec.loading import load_spec
 from orchestrator.tracking import PARENT_TAG, STAGE_TAG, TASK_TAG
 
 SMOKE = str(SMOKE_PATH)

@@ -17,8 +17,8 @@ from helpers.specs import SMOKE
 from mlflow.tracking import MlflowClient
 
 from orchestrator.data import load_task
-from orchestrator.spec import TaskSpec
-from orchestrator.spec_loading import load_spec
+from orchestrator.spec.schema import TaskSpec
+from orchestrator.spec.loading import load_spec
 from orchestrator.tracking import PARENT_TAG, STAGE_TAG, STOPPED_TAG, TASK_TAG
 
 pytestmark = pytest.mark.slow

@@ -1,22 +1,22 @@
 """Pre-flight's tracking check against a real `mlflow server` on 127.0.0.1 (started and stopped by
 PID): a server that answers passes, and credentials in the URI never appear in an issue. The checks
-that need no server are tests/unit/test_preflight.py."""
+that need no server are tests/unit/pipeline/test_preflight.py."""
 
 from __future__ import annotations
 
 import pytest
-from helpers import loopback as lb
+from helpers.mlflow_server import mlflow_server
 from helpers.specs import fields
 from helpers.specs import issues_text as text
 
-from orchestrator import preflight as pf
+from orchestrator.pipeline import preflight as pf
 
 SECRET = "s3cr3t-SENTINEL-pw"
 
 
 @pytest.fixture(scope="module")
 def mlflow_url(tmp_path_factory):
-    with lb.mlflow_server(tmp_path_factory.mktemp("mlflow")) as (url, _):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as (url, _):
         yield url
 
 

@@ -18,15 +18,17 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from helpers import loopback as lb
+from helpers.mlflow_server import mlflow_server, start_model_server, stop_mlflow_server
+from helpers.processes import NO_PHONE_HOME
+from helpers.sockets import listening_sockets, non_loopback
 from helpers.pipeline import run_cli, run_smoke
 from helpers.specs import SMOKE
 from mlflow.tracking import MlflowClient
 
 from orchestrator.data import load_task
-from orchestrator.registry import CHAMPION, champion, register
-from orchestrator.serving import PREDICTION, download
-from orchestrator.spec_loading import load_spec
+from orchestrator.serve.registry import CHAMPION, champion, register
+from orchestrator.serve.pyfunc import PREDICTION, download
+from orchestrator.spec.loading import load_spec
 from orchestrator.tracking import (FINGERPRINT_TAG, METHOD_TAG, METRIC_TAG, PARENT_TAG, PIPELINE_TAG, STAGE_TAG, TASK_TAG,
                                    TEST_TAG, VALIDATION_TAG)
 
@@ -41,7 +43,7 @@ import json, sys
 import mlflow, pandas as pd
 from orchestrator.data import load_task
 from orchestrator.method.metrics import compute_metric
-from orchestrator.spec_loading import load_spec
+from orchestrator.spec.loading import load_spec
 spec = load_spec(sys.argv[1])
 out = {}
 for task in spec.targets:
@@ -75,7 +77,7 @@ def smoke(local_ray, tmp_path_factory):
 def fresh(smoke):
     """The champions' test labels and metric, computed in a fresh interpreter."""
     tmp, uri, spec, _ = smoke
-    env = {**os.environ, **lb.NO_PHONE_HOME, "MLFLOW_TRACKING_URI": uri}
+    env = {**os.environ, **NO_PHONE_HOME, "MLFLOW_TRACKING_URI": uri}
     res = subprocess.run([sys.executable, "-c", FRESH, str(spec)], cwd=tmp, env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -190,17 +192,17 @@ def test_mlflow_models_serve_answers_with_the_same_labels(smoke, fresh, tmp_path
     tmp, uri, spec_path, _ = smoke
     spec = load_spec(spec_path)
     data = load_task(spec.task("topic_match"), spec.seed)
-    url, proc = lb.start_model_server("models:/mpt-smoke-topic_match@champion", uri, tmp_path)
+    url, proc = start_model_server("models:/mpt-smoke-topic_match@champion", uri, tmp_path)
     try:
-        listeners = lb.listening_sockets([proc.pid])
-        assert listeners and lb.non_loopback(listeners) == []
+        listeners = listening_sockets([proc.pid])
+        assert listeners and non_loopback(listeners) == []
         body = {"dataframe_split": {"columns": ["text", "text_pair"], "data": [list(ex.texts) for ex in data.test]}}
         request = urllib.request.Request(f"{url}/invocations", json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
     finally:
-        assert lb.stop_mlflow_server(proc) == []
+        assert stop_mlflow_server(proc) == []
     assert [p[PREDICTION] for p in answer["predictions"]] == fresh["topic_match"]["labels"]
 
 
@@ -211,7 +213,7 @@ def test_registration_against_an_mlflow_server(smoke, tmp_path):
     local = download("models:/mpt-smoke-review_polarity@champion", uri, str(tmp_path / "model"))
     frame = pd.DataFrame({"text": ["I expected a dull film, but it was wonderful.", "A dreadful meal."]})
     expected = mlflow.pyfunc.load_model(local).predict(frame)
-    with lb.mlflow_server(tmp_path / "server") as (server, _):
+    with mlflow_server(tmp_path / "server") as (server, _):
         client = MlflowClient(server)
         run = client.create_run(client.create_experiment("served"))
         version, moved, _ = register(server, run.info.run_id, "served-review_polarity", Path(local),
@@ -224,7 +226,7 @@ def test_registration_against_an_mlflow_server(smoke, tmp_path):
 @pytest.mark.slow
 def test_a_second_run_moves_the_champion_only_on_a_strictly_better_validation(smoke):
     """End to end, whichever way the second run scores: the tiny model sits near chance, so which one
-    is better depends on the recipe; tests/unit/test_registry.py constructs both cases."""
+    is better depends on the recipe; tests/unit/serve/test_registry.py constructs both cases."""
     tmp, uri, spec, _ = smoke
     client = MlflowClient(uri)
     before = champion(client, "mpt-smoke-review_polarity")

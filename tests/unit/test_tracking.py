@@ -1,21 +1,21 @@
 """The pure parts of orchestrator/tracking.py: the MLflow contract's names spelled out there alone,
-credentials redacted from any text, the line of a (Ray-wrapped) error that says what went wrong, and
-a task split as an MLflow dataset input."""
+the line of a (Ray-wrapped) error that says what went wrong, and a task split as an MLflow dataset
+input (credentials redacted from any text: tests/unit/runtime/test_redaction.py)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import threading
 from pathlib import Path
 
-import pytest
 from helpers.models import small
 from mlflow.tracking import MlflowClient
 
 import orchestrator
 from orchestrator.spec.schema import TaskSpec
-from orchestrator.tracking import DATASET_CONTEXT, RunLogger, StageFailed, dataset_input, redact, root_cause
+from orchestrator.tracking import DATASET_CONTEXT, RunLogger, StageFailed, dataset_input, root_cause
 
 
 QUOTED_TAG = re.compile(r"[\"'`]mpt\.")  # a tag name or prefix written out: "mpt.x", f"mpt.{...}", `mpt.x`
@@ -31,36 +31,27 @@ def test_every_tag_name_of_the_contract_is_written_in_tracking_alone():
     assert elsewhere == [], "use the constants of orchestrator/tracking.py:\n" + "\n".join(elsewhere)
 
 
-def test_redact_a_uri_with_userinfo():
-    assert redact("http://user:pass@host:5000/x") == "http://***@host:5000/x"
+ARTIFACT_CALLS = {"log_artifact": 1, "log_artifacts": 1, "download_artifacts": 1, "list_artifacts": 1, "log_tensors": 0}
 
 
-def test_redact_finds_the_password_alone_in_a_text():
-    uri = "https://bob:s3cr3t-pw@mlflow.example:443"
-    text = f"could not reach {uri}/api/2.0 (the server said: bad password s3cr3t-pw for user bob)"
-    out = redact(text, uri)
-    assert "s3cr3t-pw" not in out and "bob" not in out
-    assert out.startswith("could not reach https://***@mlflow.example:443/api/2.0")
+def artifact_literals(path: Path) -> list[str]:
+    """Artifact paths written out as a literal where a run's artifact is logged, listed or fetched."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ARTIFACT_CALLS:
+            args = node.args[ARTIFACT_CALLS[node.func.attr]:][:2 if node.func.attr == "download_artifacts" else 1]
+            found += [f"{path.name}:{node.lineno}" for a in args if isinstance(a, (ast.Constant, ast.JoinedStr))]
+    return found
 
 
-def test_redact_query_string_values():
-    uri = "s3://bucket/p?X-Amz-Signature=abcdef&token=secret123"
-    out = redact(uri)
-    assert "abcdef" not in out and "secret123" not in out
-    assert out == "s3://bucket/p?X-Amz-Signature=***&token=***"
-    assert "secret123" not in redact(f"upload to {uri} failed: token secret123 expired", uri)
-
-
-@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000/api/2.0/mlflow", "sqlite:////tmp/mlflow.db", "databricks",
-                                 "s3://bucket/ray_results", "file:///mnt/efs/ray_results"])
-def test_a_uri_without_secrets_is_unchanged(uri):
-    assert redact(uri) == uri
-    assert redact(f"failed: {uri}", uri) == f"failed: {uri}"
-
-
-def test_redact_leaves_short_userinfo_parts_alone_elsewhere_in_the_text():
-    # a one-letter user or password would otherwise mask every such letter of the message
-    assert redact("http://u:p@host:5000/api/path") == "http://***@host:5000/api/path"
+def test_artifact_paths_are_the_contract_s_constants(tmp_path):
+    package = Path(orchestrator.__file__).parent
+    elsewhere = [hit for path in sorted(package.rglob("*.py")) if path.name != "tracking.py"
+                 for hit in artifact_literals(path)]
+    assert elsewhere == [], "name the artifact path in orchestrator/tracking.py"
+    sample = tmp_path / "sample.py"
+    sample.write_text('run.log_artifact(f, "logs")\nclient.download_artifacts(run_id, f"x/{t}.json", d)\n')
+    assert len(artifact_literals(sample)) == 2  # the scan sees a literal where there is one
 
 
 RAY_ERROR = """ray::run_distill() (pid=4242, ip=127.0.0.1)

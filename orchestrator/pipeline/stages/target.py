@@ -39,11 +39,11 @@ from ...method.train import autocast, batch_stream, evaluate, fit, predict, task
 from ...results import selection
 from ...runtime.logs import in_ray_worker, progress, ticker
 from ...serve import registry
-from ...spec.methods import REFERENCE, family
+from ...spec.methods import REFERENCE
 from ...spec.search import SearchSpace
 from ...tracking import (BEST_TAG, CONFIG_TAG, ERROR_TAG, FINGERPRINT_TAG, METHOD_TAG, PIPELINE_TAG,
                          PREDICTIONS_ARTIFACT, STOPPED_TAG, SWEEP_TAG, TRIAL_ID_TAG, RunLogger, TrackingContext,
-                         child_run, root_cause)
+                         child_run, chosen_trial_artifact, root_cause)
 from .context import PipelineContext
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def evaluate_best(ctx: PipelineContext, task: str, method: str, checkpoint: tune
             file = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
             file.write_text(json.dumps({"metric": data.metric, "labels": labels, "predictions": predictions}))
             logger.log_artifact(file, str(Path(PREDICTIONS_ARTIFACT).parent))
-        logger.log_artifact(checkpoint_dir, "best_adapter" if method == REFERENCE else f"best_{family(method)}")
+        logger.log_artifact(checkpoint_dir, chosen_trial_artifact(method))
         if register and registry.should_register(spec.registry, method):
             metrics["registered_model"] = registry.register_best(ctx, task, method, data, checkpoint_dir, run_id,
                                                                  metrics)

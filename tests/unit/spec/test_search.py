@@ -11,7 +11,7 @@ from orchestrator.spec.schema import SearchSpace, TargetStage
 
 from orchestrator.spec.loading import load_spec
 
-SMOKE = str(Path(__file__).resolve().parents[2] / "pipelines" / "smoke.yaml")
+SMOKE = str(Path(__file__).resolve().parents[3] / "pipelines" / "smoke.yaml")
 
 
 def trials(space: dict) -> list[dict]:

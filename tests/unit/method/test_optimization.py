@@ -1,5 +1,5 @@
 """orchestrator.method.optimization through ``fit``: the frozen model's dropout and the schedules (Adafactor
-trains in tests/unit/test_train.py)."""
+trains in tests/unit/method/test_train.py)."""
 
 from __future__ import annotations
 

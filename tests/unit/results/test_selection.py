@@ -1,4 +1,4 @@
-"""The pure functions of orchestrator/report.py: the method family, the configuration chosen per
+"""The pure functions of orchestrator/results/selection.py: the method family, the configuration chosen per
 family and budget, the reloaded model's values attached to it, the results table and its summary."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""orchestrator/stats.py: the t interval by hand, ``compare`` on cases whose answer is known (and
+"""orchestrator/results/stats.py: the t interval by hand, ``compare`` on cases whose answer is known (and
 against scipy's textbook tests at its two limits), and its calibration by simulation where the
 truth is known: equal methods under seed noise, and a true difference."""
 

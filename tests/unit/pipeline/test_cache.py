@@ -7,7 +7,7 @@ from pathlib import Path
 from orchestrator.pipeline.cache import fingerprints, forced_stages
 from orchestrator.spec.loading import load_spec
 
-SMOKE = str(Path(__file__).resolve().parents[2] / "pipelines" / "smoke.yaml")
+SMOKE = str(Path(__file__).resolve().parents[3] / "pipelines" / "smoke.yaml")
 
 
 def changed(*overrides: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""Pre-flight checks (orchestrator/preflight.py) that need no server: resources against fake
+"""Pre-flight checks (orchestrator/pipeline/preflight.py) that need no server: resources against fake
 `ray.nodes()` entries and autoscaler node types, tracking against a dead port and SQLite paths,
 storage on writable and unwritable local paths, what counts as loopback. No network beyond
 127.0.0.1. The checks against a real `mlflow server` are tests/integration/test_preflight_tracking.py."""
@@ -15,7 +15,6 @@ from helpers.specs import issues_text as text
 
 from orchestrator.pipeline import preflight as pf
 from orchestrator.spec.loading import load_spec
-from orchestrator.tracking import redact
 
 SECRET = "s3cr3t-SENTINEL-pw"
 
@@ -172,11 +171,6 @@ def test_tracking_server_that_does_not_answer_names_the_cause_not_the_secret():
     assert "does not answer" in issues[0].message and "connection refused" in issues[0].message
     assert SECRET not in text(issues) and "admin" not in text(issues)
     assert issues[0].value.startswith("http://***@127.0.0.1:")
-
-
-def test_redact_removes_userinfo_anywhere():
-    uri = f"https://bob:{SECRET}@mlflow.example:443"
-    assert SECRET not in redact(f"failed: {uri}/api and {SECRET}", uri)
 
 
 def test_sqlite_store(tmp_path):

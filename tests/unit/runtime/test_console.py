@@ -1,4 +1,4 @@
-"""The quiet console (orchestrator/console.py): the project's records that Ray forwards are shown as
+"""The quiet console (orchestrator/runtime/console.py): the project's records that Ray forwards are shown as
 the driver's own lines, everything else Ray prints goes to the log file, and --verbose shows both.
 
 Lines reach the console the way Ray delivers them: through Ray's own dispatcher (the thread that

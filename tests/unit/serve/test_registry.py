@@ -1,4 +1,4 @@
-"""orchestrator.registry against a real SQLite MLflow store: versions and their tags, and the
+"""orchestrator.serve.registry against a real SQLite MLflow store: versions and their tags, and the
 ``champion`` alias, which moves only to a strictly better validation value of the same metric."""
 
 from __future__ import annotations

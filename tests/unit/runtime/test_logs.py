@@ -1,4 +1,4 @@
-"""The project's logger (orchestrator/logs.py): INFO to stdout, WARNING and above to stderr, both
+"""The project's logger (orchestrator/runtime/logs.py): INFO to stdout, WARNING and above to stderr, both
 resolved when a line is logged (so redirecting them captures it), configured once however often
 configure() is called."""
 

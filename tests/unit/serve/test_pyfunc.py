@@ -1,4 +1,4 @@
-"""orchestrator.serving: a trial saved as an mlflow.pyfunc model loads with MLflow's own loader and
+"""orchestrator.serve.pyfunc: a trial saved as an mlflow.pyfunc model loads with MLflow's own loader and
 predicts exactly what the pipeline's ``predict`` does, for pair tasks, text-to-text models and the
 linear probe; it says which column is missing."""
 
@@ -10,11 +10,9 @@ import pytest
 from helpers.models import encoder, small
 from helpers.served import pyfunc_dir
 
-from orchestrator.data import text_columns
 from orchestrator.method.targets import load_trial_model, task_id_of
 from orchestrator.method.train import predict, predict_texts
 from orchestrator.serve.pyfunc import METADATA_KEY, PREDICTION, card_of_metadata
-from orchestrator.spec.schema import TaskSpec
 
 
 def frame(data, columns) -> pd.DataFrame:
@@ -71,10 +69,3 @@ def test_the_card_is_read_back_from_the_mlmodel_metadata(bert_dir, tmp_path):
     assert card is not None and card.task == "review_polarity" and card.label_names == data.label_names
     assert card.text_columns == ["text"] and card.base_model == "tiny:bert" and card.method == "mpt"
     assert card_of_metadata(None) is None and card_of_metadata({METADATA_KEY: {"task": "x"}}) is None
-
-
-def test_text_columns_of_a_task():
-    assert text_columns(TaskSpec(name="topic_match"), pair=True) == ["text", "text_pair"]
-    assert text_columns(TaskSpec(name="sentiment"), pair=False) == ["text"]
-    local = TaskSpec(name="rte", kind="local", dataset="/data/rte", text_fields=["premise", "hypothesis"])
-    assert text_columns(local, pair=True) == ["premise", "hypothesis"]

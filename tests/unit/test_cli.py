@@ -1,7 +1,9 @@
 """``plan`` announces exactly the trials that run: for every shipped spec, and for baseline sweeps
 with head_only and single_source, the count ``plan`` prints and ``SearchSpace.trial_count`` equal
 the trials Tune's own variant generator (``BasicVariantGenerator``, what ``Tuner.fit`` uses) makes
-of the param spaces the target stage builds. No Ray cluster is started."""
+of the param spaces the target stage builds. No Ray cluster is started. And the offline verbs on a
+spec: every shipped pipeline validates and plans, ``validate`` lists every problem, ``run`` refuses a
+bad spec before any compute (exit code 2)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers.specs import PIPELINES, ROOT, SMOKE
 from ray.tune.experiment import Experiment
 from ray.tune.search import BasicVariantGenerator
 
-from orchestrator.cli import plan_lines
+from orchestrator.cli import EXIT_BAD_INPUT, main, plan_lines
 from orchestrator.spec.schema import PipelineSpec, SearchSpace
 from orchestrator.spec.loading import load_spec
 
@@ -154,3 +157,36 @@ def test_a_random_configuration_is_drawn_once_and_run_at_every_seed_by_every_met
     assert all("lr" not in t for t in baselines if t["method"] == "head_only")
     again, _ = what_tune_runs(load_spec(SMOKE, overrides), tmp_path)
     assert {t["lr"] for t in again} == lrs  # drawn from the spec's seed: the same on a second run
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_every_shipped_pipeline_validates_and_plans(path, capsys):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# Run") or first.startswith("# Run (on a cluster"), "spec must start with its command"
+    assert main(["validate", str(path)]) == 0
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1. sources" in out and "3. targets" in out
+
+
+def test_validate_exits_non_zero_listing_every_problem(tmp_path, capsys, with_):
+    raw = with_(distill__rank=0, source__lr=-1)
+    raw["tasks"][0]["kind"] = "local"
+    raw["tasks"][0]["dataset"] = str(tmp_path / "missing")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "distill.rank" in err and "source.lr" in err
+    raw["distill"]["rank"], raw["source"]["lr"] = 1, 0.1
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path)]) == EXIT_BAD_INPUT  # now the data problem shows
+    assert "tasks.sentiment" in capsys.readouterr().err
+
+
+def test_run_refuses_a_missing_model_before_any_compute(tmp_path, capsys, with_):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(with_(model__name_or_path=str(tmp_path / "no-model"))))
+    assert main(["run", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == EXIT_BAD_INPUT
+    assert "model.name_or_path" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists()

@@ -1,5 +1,6 @@
 """The embedded (synthetic) suite: sizes, balance, determinism, the skills the tasks share, label
-words, and the errors for unknown tasks (orchestrator.data.synthetic and .types)."""
+words, and the errors for unknown tasks (orchestrator.data.synthetic; bad label words and the types
+themselves are tests/unit/data/test_types.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from helpers.data_checks import ROLES, texts, the_error
 from orchestrator.data import (
     EMBEDDED_SOURCES,
     EMBEDDED_TARGETS,
-    Example,
     check_task,
     embedded_task_names,
     load_task,
@@ -67,7 +67,7 @@ def test_embedded_data_is_identical_across_processes():
     code = ("import hashlib; from orchestrator.spec.schema import TaskSpec; from orchestrator.data import load_task; "
             "d = load_task(TaskSpec(name='nli'), 5); print(hashlib.sha256(repr(d.train).encode()).hexdigest())")
     here = hashlib.sha256(repr(load_task(TaskSpec(name="nli"), 5).train).encode()).hexdigest()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
@@ -118,23 +118,6 @@ def test_unknown_embedded_task_suggests_the_nearest():
     assert all(n in issue.fix for n in embedded_task_names())
     (issue,) = the_error(TaskSpec(name="x", dataset="toppic")).issues
     assert issue.field == "tasks.x.dataset" and "'topic'" in issue.fix
-
-
-@pytest.mark.parametrize("words, problem", [
-    ({"negative": "bad"}, "has no word"),
-    ({"negative": "Bad", "positive": "good"}, "one lowercase word"),
-    ({"negative": "not good", "positive": "good"}, "one lowercase word"),
-    ({"negative": "same", "positive": "same"}, "share the word"),
-    ({"negative": "bad", "positive": "good", "neutral": "meh"}, "not labels"),
-])
-def test_bad_label_words(words, problem):
-    err = the_error(TaskSpec(name="sentiment", label_words=words))
-    assert any(problem in i.message and i.field == "tasks.sentiment.label_words" for i in err.issues)
-
-
-def test_example_rejects_a_bare_string():
-    with pytest.raises(TypeError):
-        Example("a bare string", 0)  # type: ignore[arg-type]
 
 
 def test_check_task_passes_good_tasks():
