@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.results.report import ONE_PROMPT, PER_SEED
 from orchestrator.pipeline.cache import fingerprints
 from orchestrator.spec.loading import load_spec
-from orchestrator.results.stats import NO_DIFFERENCE
+from orchestrator.results.stats import compare
 from orchestrator.tracking import METHOD_TAG, PARENT_TAG, STAGE_TAG, TASK_TAG
 
 pytestmark = pytest.mark.slow
@@ -75,13 +75,21 @@ def test_every_method_is_reported_over_both_seeds_with_an_interval(store):
 
 
 def test_mpt_against_each_ablation_has_a_verdict_printed_and_logged(store):
-    tmp, client, _, (first, _), (printed, _), _ = store
+    tmp, client, runs, (first, _), (printed, _), _ = store
     comparison = pd.read_csv(client.download_artifacts(first.info.run_id, "report/comparison.csv", str(tmp / "c")))
     assert set(comparison["method"]) == {"no_distill", "joint_multitask"}
-    assert set(comparison["verdict"]) <= {"better", "worse", NO_DIFFERENCE}
     assert ((comparison["low"] <= comparison["diff"]) & (comparison["diff"] <= comparison["high"])).all()
+    # each difference, interval and verdict is the statistic of the chosen trials' saved test predictions
+    saved = {(r.data.tags[METHOD_TAG], int(r.data.params["seed"])): json.loads(open(client.download_artifacts(
+                 r.info.run_id, "predictions/test.json", str(tmp / "p" / r.info.run_id))).read())
+             for r in children(runs, first) if r.data.tags.get("mpt.best") == "true"}
     metrics = client.get_run(first.info.run_id).data.metrics
     for row in comparison.itertuples():
+        seeds = (0, 1)
+        expected = compare(saved[("mpt", 0)]["labels"], [saved[("mpt", s)]["predictions"] for s in seeds],
+                           [saved[(row.method, s)]["predictions"] for s in seeds], row.metric)
+        assert (row.diff, row.low, row.high) == pytest.approx((expected.observed, expected.low, expected.high))
+        assert row.verdict == expected.verdict
         assert metrics[f"diff_{row.method}_review_polarity"] == pytest.approx(row.diff)
         assert row.verdict in printed
     assert "MPT minus each method on test: 2 comparison(s), each at 95% on its own" in printed

@@ -41,10 +41,23 @@ def store(tmp_path_factory, bert_dir):
     return tmp, uri
 
 
+def ray_started() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def no_ray_before():
+    """A Ray left by an earlier test would hide one a check started."""
+    if ray_started():
+        sys.modules["ray"].shutdown()
+
+
 def predict(uri: str, model: str, input_path, out, *extra: str) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = main(["predict", model, "--input", str(input_path), "--out", str(out), "--tracking-uri", uri, *extra])
+    if rc == EXIT_BAD_INPUT:
+        assert not ray_started(), "a check before compute started Ray"
     return rc, err.getvalue()
 
 
@@ -106,7 +119,3 @@ def test_a_store_that_does_not_exist(tmp_path):
     rc, err = predict(f"sqlite:///{tmp_path}/none.db", "models:/x@champion", tmp_path / "in.csv", tmp_path / "o.csv")
     assert rc == EXIT_BAD_INPUT and "--tracking-uri" in err and "no MLflow store there" in err
     assert not (tmp_path / "none.db").exists()  # a typo does not create an empty store
-
-
-def test_no_check_starts_ray():
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
