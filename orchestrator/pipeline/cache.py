@@ -57,7 +57,7 @@ def fingerprints(spec: PipelineSpec) -> dict[str, str]:
     inputs = [fps[key] for stage in ("distill", "sources", "joint") if stage in needed for key in stage_keys[stage]]
     if spec.seed_scope == "pipeline":  # every other seed's sources and distillation feed the targets too
         inputs += [{k: v for k, v in fingerprints(spec.for_seed(s)).items() if not k.startswith("target:")}
-                     for s in spec.seed_list()[1:]]
+                   for s in spec.seed_list()[1:]]
     for t in spec.targets:
         fps[f"target:{t}"] = _digest(common, settings(spec.target), spec.task(t).model_dump(), inputs,
                                      spec.seed_list())
