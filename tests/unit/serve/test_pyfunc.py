@@ -69,3 +69,13 @@ def test_the_card_is_read_back_from_the_mlmodel_metadata(bert_dir, tmp_path):
     assert card is not None and card.task == "review_polarity" and card.label_names == data.label_names
     assert card.text_columns == ["text"] and card.base_model == "tiny:bert" and card.method == "mpt"
     assert card_of_metadata(None) is None and card_of_metadata({METADATA_KEY: {"task": "x"}}) is None
+
+
+def test_a_model_saved_before_the_serve_package_still_loads(bert_dir, tmp_path):
+    """Models saved by earlier versions name ``orchestrator.serving`` in their entry point."""
+    data = small("topic_match")
+    path = pyfunc_dir(tmp_path, bert_dir, data)
+    (entry,) = [f for f in path.rglob("*.py") if "orchestrator.serve.pyfunc" in f.read_text()]
+    entry.write_text(entry.read_text().replace("orchestrator.serve.pyfunc", "orchestrator.serving"))
+    out = mlflow.pyfunc.load_model(str(path)).predict(frame(data, ["text", "text_pair"]))
+    assert out[PREDICTION].tolist() == [data.label_names[i] for i in reference(tmp_path / "trial", "mpt", bert_dir, data)]
