@@ -54,7 +54,7 @@ def fingerprints(spec: PipelineSpec) -> dict[str, str]:
     fps[JOINT] = _digest(common, joint, "joint_multitask", [spec.task(t).model_dump() for t in spec.sources])
     stage_keys = {"distill": ["distill"], "sources": [f"source:{t}" for t in spec.sources], "joint": [JOINT]}
     needed = upstream([REFERENCE, *spec.target.baselines])
-    inputs = [fps[key] for stage in ("distill", "sources", "joint") if stage in needed for key in stage_keys[stage]]
+    inputs = [fps[key] for stage, keys in stage_keys.items() if stage in needed for key in keys]
     if spec.seed_scope == "pipeline":  # every other seed's sources and distillation feed the targets too
         inputs += [{k: v for k, v in fingerprints(spec.for_seed(s)).items() if not k.startswith("target:")}
                    for s in spec.seed_list()[1:]]

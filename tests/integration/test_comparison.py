@@ -83,9 +83,8 @@ def test_mpt_against_each_ablation_has_a_verdict_printed_and_logged(store):
     saved = {(r.data.tags[METHOD_TAG], int(r.data.params["seed"])): json.loads(open(client.download_artifacts(
                  r.info.run_id, "predictions/test.json", str(tmp / "p" / r.info.run_id))).read())
              for r in children(runs, first) if r.data.tags.get("mpt.best") == "true"}
-    metrics = client.get_run(first.info.run_id).data.metrics
+    metrics, seeds = client.get_run(first.info.run_id).data.metrics, (0, 1)
     for row in comparison.itertuples():
-        seeds = (0, 1)
         expected = compare(saved[("mpt", 0)]["labels"], [saved[("mpt", s)]["predictions"] for s in seeds],
                            [saved[(row.method, s)]["predictions"] for s in seeds], row.metric)
         assert (row.diff, row.low, row.high) == pytest.approx((expected.observed, expected.low, expected.high))

@@ -21,6 +21,7 @@ def module_name(path: Path) -> str:
 def imports() -> dict[str, set[str]]:
     """Every module of the package and the modules of the package it imports."""
     graph: dict[str, set[str]] = {}
+    modules = {module_name(path) for path in PACKAGE.rglob("*.py")}
     for path in sorted(PACKAGE.rglob("*.py")):
         name, is_package = module_name(path), path.name == "__init__.py"
         here = name.split(".") if is_package else name.split(".")[:-1]
@@ -31,9 +32,7 @@ def imports() -> dict[str, set[str]]:
                     if node.level else node.module
                 if base.split(".")[0] == "orchestrator":
                     # ``from . import x`` imports the module x when there is one
-                    found |= {f"{base}.{a.name}" if (PACKAGE.parent / f"{base}.{a.name}".replace(".", "/")).with_suffix(
-                        ".py").exists() or (PACKAGE.parent / f"{base}.{a.name}".replace(".", "/")).is_dir()
-                        else base for a in node.names}
+                    found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names if a.name.split(".")[0] == "orchestrator"}
         graph[name] = found - {name}
