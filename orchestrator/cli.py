@@ -189,8 +189,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         issues = preflight(spec)
         if issues:
-            raise SpecError(issues, f"{args.spec} against the cluster at {spec.cluster.address}")
-        log.info("pre-flight against %s: every stage fits, tracking answers, storage is writable", spec.cluster.address)
+            raise SpecError(issues, f"{args.spec} against the cluster at {redact(spec.cluster.address)}")
+        log.info("pre-flight against %s: every stage fits, tracking answers, storage is writable",
+                 redact(spec.cluster.address))
     return 0
 
 

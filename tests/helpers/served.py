@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from mlflow.tracking import MlflowClient
 
 from orchestrator.data import TaskData
 from orchestrator.method.distill import SharedPrompt
 from orchestrator.method.targets import build_target_model, save_trial_model
 from orchestrator.serve.pyfunc import ModelCard, input_example, save
+from orchestrator.serve.registry import register
+from orchestrator.tracking import VALIDATION_TAG
 
 from .models import L
 
@@ -43,3 +46,14 @@ def pyfunc_dir(tmp: Path, model_dir: str, data: TaskData, base: str = "tiny:bert
     """The saved trial as a pyfunc model directory, as registration logs it."""
     c = card(data, base, task_type, method)
     return save(tmp / "model", c, str(trial_dir(tmp, model_dir, data, task_type, method)), input_example(c, data))
+
+
+def registered(tmp: Path, model_dir: str, data: TaskData) -> tuple[str, Path]:
+    """A SQLite store under ``tmp`` with the untrained model of ``data``'s task registered as
+    ``mpt-<task>@champion``, as the pipeline names it: (the store's URI, the model directory)."""
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("mpt", artifact_location=(tmp / "mlartifacts").as_uri())
+    model = pyfunc_dir(tmp / "ours", model_dir, data)
+    register(uri, client.create_run(experiment).info.run_id, f"mpt-{data.name}", model, {VALIDATION_TAG: "0.5"})
+    return uri, model

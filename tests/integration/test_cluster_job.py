@@ -5,7 +5,8 @@ The cluster runs with token authentication on, as ``cluster.yaml`` starts Ray, a
 submitted the way the README and docs/cluster.md show: ``ray job submit --working-dir <checkout>
 --runtime-env-json ... -- python -m orchestrator run ...``, with ``RAY_AUTH_MODE=token`` and the
 token in the client's environment, retried only while the head cannot take a job yet. The same
-command without the token fails with Ray's 401 and submits nothing.
+command without the token fails with Ray's 401, with a wrong token with its 403, and neither submits
+anything.
 
 Resources are set so that the work must use both nodes: each node offers 1 CPU, each source job and
 each target trial asks for 1 CPU (the two MPT trials run one per node unless Tune hands the second
@@ -41,6 +42,7 @@ import yaml
 from helpers.mlflow_server import start_mlflow_server, stop_mlflow_server, wait_for_mlflow
 from helpers.processes import NO_PHONE_HOME, alive, kill_tree, process_tree
 from helpers.ray_cluster import LoopbackCluster, ray_cli, start_loopback_cluster, wait_for_job
+from helpers.secrets import leaks, run_texts, sentinels
 from helpers.sockets import ListenerLog, assert_all_loopback, free_port
 
 
@@ -72,6 +74,7 @@ NOT_UP_YET = (
     "No available agent to submit job",
 )
 UNAUTHORIZED = "Unauthorized: Missing authentication token"  # the body of Ray's 401 (http_token_authentication.py)
+FORBIDDEN = "Forbidden: Invalid authentication token"  # and of its 403
 
 PREFLIGHT_SCRIPT = """
 import json, sys
@@ -88,26 +91,6 @@ import ray
 print("PREFLIGHT " + json.dumps({"ok": ok, "too_big": too_big, "connected": ray.is_initialized(),
                                  "nodes": len([n for n in ray.nodes() if n["Alive"]])}))
 """
-
-
-def _sentinels() -> tuple[str, str]:
-    """A password and a token, fresh per test so that no stale file can hold them. Made of
-    URL-unreserved characters only: quoting or encoding a URI leaves them intact, so a leak in any
-    such form is still found. Every longer form (``mpt-user:PASSWORD``, ``token=TOKEN``, the whole
-    URIs) contains one of the two, so the scans look for these two strings."""
-    return f"SENTINEL-pw-{uuid.uuid4().hex[:12]}", f"SENTINEL-tok-{uuid.uuid4().hex[:12]}"
-
-
-def _leaks(secrets: tuple[str, ...], texts: dict[str, str]) -> list[str]:
-    """Every line of ``texts`` (name -> text) that holds a secret, as ``name: line``, each distinct line
-    once per text: the failure message shows every place a leak comes from, not just the first."""
-    hits: dict[str, None] = {}
-    for name, text in texts.items():
-        if any(secret in text for secret in secrets):
-            for line in text.splitlines():
-                if any(secret in line for secret in secrets):
-                    hits[f"{name}: {line.strip()[:400]}"] = None
-    return list(hits)
 
 
 def _ray_log_files(temp_root: Path) -> dict[str, str]:
@@ -156,14 +139,14 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
 
     timings: dict[str, float] = {}
     t_start = time.monotonic()
-    password, token = _sentinels()
+    password, token = sentinels()
     storage = tmp_path / "ray_results"
     storage_uri = f"{storage.as_uri()}?token={token}"  # file:///.../ray_results?token=SENTINEL-tok-...
     url, mlf = start_mlflow_server(tmp_path / "mlflow", wait=False)  # boots while Ray starts
     tracking = url.replace("http://", f"http://mpt-user:{password}@")  # what the job gets; the server ignores it
     lc = None
     pre = None
-    leaks: list[str] | None = None
+    leaked: list[str] | None = None
     scanned = 0
     log = ListenerLog()
     started: list[psutil.Process] = []
@@ -225,6 +208,13 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
         refused_out = refused.stdout + refused.stderr
         assert refused.returncode != 0 and UNAUTHORIZED in refused_out, (refused.returncode, refused_out[-3000:])
         timings["submit_without_token"] = time.monotonic() - t
+        # Then with a wrong token, as a client in token mode with a stale or mistyped one sends it: Ray's 403.
+        wrong_token = tmp_path / "wrong_auth_token"
+        wrong_token.write_text(uuid.uuid4().hex)
+        forbidden, _ = _submit(lc, {**lc.client_env(), "RAY_AUTH_TOKEN_PATH": str(wrong_token)},
+                               f"mpt-wrong-token-{uuid.uuid4().hex[:8]}", runtime_env, entrypoint)
+        forbidden_out = forbidden.stdout + forbidden.stderr
+        assert forbidden.returncode != 0 and FORBIDDEN in forbidden_out, (forbidden.returncode, forbidden_out[-3000:])
 
         t = time.monotonic()
         job_id = f"mpt-smoke-{uuid.uuid4().hex[:8]}"
@@ -256,8 +246,8 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
         logs = shown.stdout + shown.stderr
         assert status == JobStatus.SUCCEEDED, f"job {job_id} ended {status}:\n{logs[-20000:]}"
         assert shown.returncode == 0 and "[pipeline] finished" in logs, logs[-5000:]
-        # The submit without the token left nothing behind; the retried one made exactly one job. (The
-        # list also holds the pre-flight's `ray.init()` driver, a job of type DRIVER.)
+        # The submits without the token and with a wrong one left nothing behind; the retried one made
+        # exactly one job. (The list also holds the pre-flight's `ray.init()` driver, a job of type DRIVER.)
         assert [j.submission_id for j in client.list_jobs() if j.type == JobType.SUBMISSION] == [job_id]
 
         pre.wait(timeout=300)
@@ -328,14 +318,7 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
         # output, every worker's stdout/stderr, Ray's own logs), the pre-flight's output or the CLI's.
         texts: dict[str, str] = {"ray job logs": logs, "ray job submit": submit_out, "pre-flight": pre_out,
                                  "mlflow server log": mlf.log_path.read_text()}
-        for run in runs:
-            rid = run.info.run_id
-            texts.update({f"{rid} param {k}": f"{k}={v}" for k, v in run.data.params.items()})
-            texts.update({f"{rid} tag {k}": f"{k}={v}" for k, v in run.data.tags.items()})
-            texts[f"{rid} metric names"] = " ".join(run.data.metrics)
-            local = Path(ml.download_artifacts(rid, "", str(tmp_path / "artifacts" / rid)))
-            texts.update({f"{rid} artifact {p.relative_to(local)}": p.read_bytes().decode("latin-1")
-                          for p in local.rglob("*") if p.is_file()})
+        texts.update(run_texts(ml, runs, tmp_path / "artifacts"))
         ray_logs = _ray_log_files(lc.temp_root)
         texts.update({f"ray log {name}": text for name, text in ray_logs.items()})
         # The scans read what they should: the spec and tags, every run's artifacts, both nodes' logs,
@@ -348,7 +331,7 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
         assert sum("/worker-" in name for name in ray_logs) >= 4, sorted(ray_logs)
         assert any("[source:" in t for name, t in ray_logs.items() if "/worker-" in name)
         # Asserted last, so that a leak does not hide whether everything else holds.
-        leaks, scanned = _leaks((password, token), texts), len(texts)
+        leaked, scanned = leaks((password, token), texts), len(texts)
         timings["checks"] = time.monotonic() - t
         for run in sorted(runs, key=lambda r: r.info.start_time):  # where the job's time went
             took = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
@@ -380,7 +363,7 @@ def test_smoke_pipeline_as_a_job_on_two_loopback_nodes(tmp_path, request):
     assert mlf.poll() is not None
     assert not alive(started), [p.pid for p in alive(started)]
     assert len({p.pid for p in started}) > 10  # gcs, raylets, dashboard, agents, workers, drivers, mlflow
-    assert leaks == [], f"{len(leaks)} line(s) with a secret in {scanned} texts scanned:\n" + "\n".join(leaks)
+    assert leaked == [], f"{len(leaked)} line(s) with a secret in {scanned} texts scanned:\n" + "\n".join(leaked)
 
 
 def test_credentials_in_uris_stay_out_of_a_failed_runs_messages(tmp_path):
@@ -388,7 +371,7 @@ def test_credentials_in_uris_stay_out_of_a_failed_runs_messages(tmp_path):
     the storage URI points below a regular file. The pre-flight names both problems, quoting both
     URIs, and exits 2 before any compute; neither secret is in what it prints. No cluster: with no
     address the pre-flight estimates the local machine and starts no Ray."""
-    password, token = _sentinels()
+    password, token = sentinels()
     (tmp_path / "a_file").write_text("not a directory")
     dead_port = free_port()  # nothing listens there (it was free a moment ago, and this test starts nothing)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING"))}
@@ -407,11 +390,11 @@ def test_credentials_in_uris_stay_out_of_a_failed_runs_messages(tmp_path):
     assert "tracking.uri" in out and "connection refused" in out, out[-5000:]
     assert f"http://***@127.0.0.1:{dead_port}" in out, out[-5000:]
     assert "storage_path" in out and "is not a directory" in out and "?token=***" in out, out[-5000:]
-    assert not _leaks((password, token), {"stdout": result.stdout, "stderr": result.stderr})
+    assert not leaks((password, token), {"stdout": result.stdout, "stderr": result.stderr})
 
 
 def test_the_submit_retries_only_on_what_this_ray_prints_while_starting():
-    """The texts the job test retries on, and the 401 it expects, are the ones the installed Ray
+    """The texts the job test retries on, and the 401 and 403 it expects, are the ones the installed Ray
     produces (read from its source; seen in its output on a loaded machine): if a Ray upgrade changes
     them, the retry would stop matching and a slow head would fail the job test for no reason."""
     import inspect
@@ -423,3 +406,4 @@ def test_the_submit_retries_only_on_what_this_ray_prints_while_starting():
     assert NOT_UP_YET[0] in inspect.getsource(dashboard_sdk)
     assert NOT_UP_YET[1] in inspect.getsource(job_head)
     assert UNAUTHORIZED in inspect.getsource(http_token_authentication)
+    assert FORBIDDEN in inspect.getsource(http_token_authentication)

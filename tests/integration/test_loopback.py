@@ -1,5 +1,5 @@
-"""Ray 2.60 token auth on a real `ray start --head` bound to loopback, everything stopped by PID
-(never `ray stop`).
+"""Ray 2.60 token auth on a real `ray start --head` bound to loopback, and this package's `plan
+--address` and `run --address` against it, everything stopped by PID (never `ray stop`).
 
 The 2-node loopback cluster + MLflow server + job submission end to end is
 tests/integration/test_cluster_job.py (the smoke pipeline as a real job), which covers what a trivial job here
@@ -29,6 +29,9 @@ from helpers.sockets import assert_all_loopback, free_port
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = str(ROOT / "pipelines" / "smoke.yaml")
+
 
 def _report(request, timings: dict[str, float]) -> None:
     line = " ".join(f"{k}={v:.1f}s" for k, v in timings.items())
@@ -40,7 +43,9 @@ def test_token_auth_on_loopback_head(tmp_path, request):
     """What docs/cluster.md claims about Ray 2.60 token auth, on a real `ray start --head` started
     with RAY_AUTH_MODE=token: clients get in only with RAY_AUTH_MODE=token AND the cluster's token
     (from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); a token on disk alone is not
-    enough, for the job API (HTTP) and for the GCS (`ray status`, gRPC) alike."""
+    enough, for the job API (HTTP) and for the GCS (`ray status`, gRPC) alike. With both, `plan
+    --address` and `run --address` run their pre-flight against this head (exit 0, and exit 2 for a
+    request it cannot hold)."""
     timings: dict[str, float] = {}
     t_start = time.monotonic()
     token = secrets.token_hex(32)
@@ -113,11 +118,32 @@ def test_token_auth_on_loopback_head(tmp_path, request):
             "gcs: token on disk, no mode": (status, {"HOME": str(home_tok)}, "InvalidAuthToken"),
             "gcs: mode + ~/.ray/auth_token": (status, {**tok_mode, "HOME": str(home_tok)}, None),
         }
+        # This package's CLI against the same head, as docs/cluster.md step 5a runs it: `plan --address`
+        # passes the pre-flight, and `run --address` refuses a worker no node of this 1-CPU head holds
+        # (this machine's own CPUs would say another number) before it creates anything.
+        gcs = f"127.0.0.1:{gcs_port}"
+        store = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--set", f"storage_path={tmp_path}/ray_results"]
+        orchestrator = {  # name: (args, exit code, texts in the output)
+            "plan --address": (["plan", SMOKE, "--address", gcs, *store], 0,
+                               [f"pre-flight against {gcs}: every stage fits"]),
+            "run --address, too big": (["run", SMOKE, "--address", gcs, *store, "--set",
+                                        "source.resources.cpus_per_worker=64"], 2,
+                                       ["source.resources", "the most any node has: {CPU: 1}"]),
+        }
+        orchestrator_env = {**client_env, **tok_mode, "HOME": str(home_tok),
+                            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+        def orchestrator_cli(args: list[str]) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=orchestrator_env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=300)
+
         t = time.monotonic()
         with ThreadPoolExecutor(max_workers=4) as pool:  # each CLI call is mostly `import ray`
+            ours = {name: pool.submit(orchestrator_cli, c[0]) for name, c in orchestrator.items()}
             results = dict(
                 zip(cases, pool.map(lambda c: ray_cli(c[0], {**client_env, **c[1]}), cases.values()))
             )
+            ours = {name: future.result() for name, future in ours.items()}
         timings["clients"] = time.monotonic() - t
         problems = []
         for name, (_, _, expected) in cases.items():
@@ -127,7 +153,13 @@ def test_token_auth_on_loopback_head(tmp_path, request):
                 problems.append(f"{name}: expected success, rc={r.returncode}\n{out[-1500:]}")
             if expected is not None and (r.returncode == 0 or expected not in out):
                 problems.append(f"{name}: expected failure with {expected!r}, rc={r.returncode}\n{out[-1500:]}")
+        for name, (_, code, texts) in orchestrator.items():
+            r = ours[name]
+            out = r.stdout + r.stderr
+            if r.returncode != code or not all(text in out for text in texts):
+                problems.append(f"{name}: expected exit {code} with {texts}, rc={r.returncode}\n{out[-1500:]}")
         assert not problems, "\n\n".join(problems)
+        assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
         tree = process_tree(tree + [head.pid])
     finally:
         t = time.monotonic()

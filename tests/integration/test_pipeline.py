@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.pipeline import run_smoke
+from helpers.secrets import ENV_SECRETS, leaks, run_texts
 from helpers.specs import SMOKE as SMOKE_PATH
 from mlflow.tracking import MlflowClient
 from peft import PeftModel
@@ -21,10 +22,7 @@ from orchestrator.spec.loading import load_spec
 from orchestrator.tracking import PARENT_TAG, STAGE_TAG, TASK_TAG
 
 SMOKE = str(SMOKE_PATH)
-# Fake secrets in the environment of the driver and (through Ray) every worker, set before Ray starts.
-SECRETS = {"HF_TOKEN": "hf_SENTINEL0secret0token", "MLFLOW_TRACKING_PASSWORD": "SENTINEL-mlflow-password",
-           "AWS_SECRET_ACCESS_KEY": "SENTINEL/aws/secret/key"}
-os.environ.update(SECRETS)
+os.environ.update(ENV_SECRETS)  # in the driver's environment and, set before Ray starts, every worker's
 
 VARIANTS = {
     "seq_cls": [],
@@ -125,16 +123,11 @@ def test_the_baselines_start_while_the_distillation_trains(seq_cls_store):
 
 @pytest.mark.slow
 def test_nothing_secret_is_logged(seq_cls_store, tmp_path):
-    store, _ = seq_cls_store
+    store, out = seq_cls_store
     client, runs = runs_of(f"sqlite:///{store}/mlflow.db")
-    texts = []
-    for run in runs:
-        texts += [*run.data.params.values(), *run.data.tags.values(), *run.data.params, *run.data.tags]
-        local = client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id))
-        texts += [p.read_bytes().decode("latin-1") for p in Path(local).rglob("*") if p.is_file()]
-    assert len(texts) > 100  # params, tags and artifact files were all read
-    for secret in SECRETS.values():
-        assert not any(secret in text for text in texts), f"{secret} leaked"
+    texts = {"terminal": out, **run_texts(client, runs, tmp_path)}
+    assert len(texts) > 100 and any(" artifact " in name for name in texts)  # params, tags, artifacts all read
+    assert leaks(ENV_SECRETS.values(), texts) == []
 
 
 @pytest.mark.slow

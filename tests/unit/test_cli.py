@@ -3,11 +3,14 @@ with head_only and single_source, the count ``plan`` prints and ``SearchSpace.tr
 the trials Tune's own variant generator (``BasicVariantGenerator``, what ``Tuner.fit`` uses) makes
 of the param spaces the target stage builds. No Ray cluster is started. And the offline verbs on a
 spec: every shipped pipeline validates and plans, ``validate`` lists every problem, ``run`` refuses a
-bad spec before any compute (exit code 2)."""
+bad spec, or a resource request no node can hold, before any compute (exit code 2); and the
+``mpt-orchestrator`` console script is the same CLI."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -190,3 +193,39 @@ def test_run_refuses_a_missing_model_before_any_compute(tmp_path, capsys, with_)
     assert main(["run", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == EXIT_BAD_INPUT
     assert "model.name_or_path" in capsys.readouterr().err
     assert not (tmp_path / "m.db").exists()
+
+
+def test_run_refuses_a_request_no_node_can_hold_before_any_compute(tmp_path, capsys, monkeypatch, bert_dir):
+    """Without an address the pre-flight weighs the local machine, as Ray would see it, and starts nothing."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/ray_bootstrap_config.yaml: no node types to add
+    if ray.is_initialized():  # a Ray left by another test would be the cluster weighed, and hide one started here
+        ray.shutdown()
+    rc = main(["run", str(SMOKE), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--set",
+               f"model.name_or_path={bert_dir}", "--set", f"storage_path={tmp_path}/ray_results",
+               "--set", "source.resources.cpus_per_worker=100000"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_BAD_INPUT, err
+    assert "source.resources" in err and "{CPU: 100000}" in err and "PENDING forever" in err, err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_the_console_script_is_the_same_cli(tmp_path):
+    """``mpt-orchestrator`` (pyproject's [project.scripts], installed beside this interpreter) prints what
+    ``python -m orchestrator`` prints and exits with the same codes."""
+    scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]\n", 1)[1].split("\n\n", 1)[0]
+    assert scripts == 'mpt-orchestrator = "orchestrator.cli:main"'  # what a fresh install makes the script of
+    script = Path(sys.executable).parent / "mpt-orchestrator"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\nmodel: {name_or_path: tiny:bert}\n")
+    for args, code, needle in ((["plan", str(SMOKE)], 0, "1. sources"),
+                               (["validate", str(bad)], EXIT_BAD_INPUT, "tasks")):
+        as_script = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        as_module = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
+                                   cwd=tmp_path, timeout=120)
+        assert (as_script.returncode, as_script.stdout, as_script.stderr) == \
+            (as_module.returncode, as_module.stdout, as_module.stderr)
+        assert as_script.returncode == code and needle in as_script.stdout + as_script.stderr, as_script.stderr

@@ -10,12 +10,14 @@ import re
 import threading
 from pathlib import Path
 
+import pytest
 from helpers.models import small
 from mlflow.tracking import MlflowClient
 
 import orchestrator
 from orchestrator.spec.schema import TaskSpec
-from orchestrator.tracking import DATASET_CONTEXT, RunLogger, StageFailed, dataset_input, root_cause
+from orchestrator.tracking import (DATASET_CONTEXT, ERROR_TAG, RunLogger, StageFailed, TrackingContext, child_run,
+                                   dataset_input, root_cause)
 
 
 QUOTED_TAG = re.compile(r"[\"'`]mpt\.")  # a tag name or prefix written out: "mpt.x", f"mpt.{...}", `mpt.x`
@@ -68,6 +70,20 @@ def test_root_cause_of_a_ray_wrapped_stage_failure():
     assert root_cause(RuntimeError(RAY_ERROR)) == \
         "stage distill, task all: FloatingPointError: training diverged (loss nan at step 3)"
     assert root_cause(StageFailed("stage source, task nli: out of memory")) == "stage source, task nli: out of memory"
+
+
+def test_a_failing_stage_names_its_stage_task_and_cause_and_its_run_fails(tmp_path):
+    """What the driver prints when a stage fails for good (``root_cause`` of the error that reaches it),
+    for each stage as it names its task; the faults test sees it through a real pipeline (distill)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    ctx = TrackingContext(uri, client.create_experiment("e"), "parent", "run-tag")
+    for stage, task in (("source", "nli"), ("target", "review_polarity"), ("distill", "sentiment+nli")):
+        with pytest.raises(StageFailed) as failed, child_run(ctx, stage, task, f"{stage}-{task}", {}) as run:
+            raise FloatingPointError("training diverged (loss nan at step 3)")
+        assert root_cause(failed.value) == f"stage {stage}, task {task}: training diverged (loss nan at step 3)"
+        logged = client.get_run(run.run_id)
+        assert logged.info.status == "FAILED" and "training diverged" in logged.data.tags[ERROR_TAG]
 
 
 def test_root_cause_of_other_errors():

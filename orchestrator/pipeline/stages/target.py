@@ -44,6 +44,7 @@ from ...spec.search import SearchSpace
 from ...tracking import (BEST_TAG, CONFIG_TAG, ERROR_TAG, FINGERPRINT_TAG, METHOD_TAG, PIPELINE_TAG,
                          PREDICTIONS_ARTIFACT, STOPPED_TAG, SWEEP_TAG, TRIAL_ID_TAG, RunLogger, TrackingContext,
                          child_run, chosen_trial_artifact, root_cause)
+from ..sweep_state import resumable
 from .context import PipelineContext
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def _sweep(ctx: PipelineContext, task: str, starts: dict[int, Starts], space: di
     trainable = sweep_trainable(target_trial, name, PlacementGroupFactory([stage.resources.bundle()]),
                                 ctx=ctx, task=task, starts=starts, sweep=name)
     path = _join(ctx.storage, name)
-    if tune.Tuner.can_restore(path):
+    if resumable(path, f"[target:{task}] sweep {name}"):
         # An interrupted sweep of the same fingerprint: finished trials are kept, the rest run again.
         log.info("[target:%s] resuming sweep %s", task, name)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)

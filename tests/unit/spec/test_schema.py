@@ -94,3 +94,15 @@ def test_bad_budgets_are_named(shots, needle, errors_of, with_):
 def test_ablations_are_baselines(with_):
     spec = parse_spec(with_(target__baselines=["no_distill", "joint_multitask", "single_source"]))
     assert spec.target.baseline_methods(["sentiment"]) == ["no_distill", "joint_multitask", "single_source:sentiment"]
+
+
+def test_the_logged_spec_holds_no_credentials(with_):
+    """What the parent run logs as its spec and params: no tracking section, and the storage URI and
+    the cluster address without their credentials (their place kept, so the spec still reads)."""
+    raw = with_(tracking__uri="http://mpt:SENTINEL-pw@127.0.0.1:5000",
+                storage_path="s3://bucket/ray_results?token=SENTINEL-tok",
+                cluster__address="ray://mpt:SENTINEL-ray@127.0.0.1:10001")
+    dumped = parse_spec(raw).public_dump()
+    assert "tracking" not in dumped and "SENTINEL" not in repr(dumped)
+    assert dumped["storage_path"] == "s3://bucket/ray_results?token=***"
+    assert dumped["cluster"]["address"] == "ray://***@127.0.0.1:10001"
