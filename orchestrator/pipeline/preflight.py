@@ -456,10 +456,11 @@ def preflight(spec: PipelineSpec, address: str | None = None, *, node_types: lis
         nodes = cluster_nodes(address)
     except Exception as err:
         nodes = None
+        shown = address or os.environ.get("RAY_ADDRESS") or ""
         cause = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
         issues.append(SpecIssue(
-            field="cluster.address", value=address or os.environ.get("RAY_ADDRESS"),
-            message=f"cannot connect to the Ray cluster: {cause}",
+            field="cluster.address", value=redact(shown) or None,
+            message=f"cannot connect to the Ray cluster: {redact(cause, shown)}",
             fix="pass the head's GCS address (HEAD_IP:6379), `auto` on a cluster node, or ray://HEAD_IP:10001; "
                 "export RAY_AUTH_MODE=token when the cluster uses token auth"))
     if node_types is None:

@@ -229,3 +229,19 @@ def test_the_console_script_is_the_same_cli(tmp_path):
         assert (as_script.returncode, as_script.stdout, as_script.stderr) == \
             (as_module.returncode, as_module.stdout, as_module.stderr)
         assert as_script.returncode == code and needle in as_script.stdout + as_script.stderr, as_script.stderr
+
+
+def test_plan_against_an_address_with_credentials_never_shows_them(tmp_path, capsys, monkeypatch):
+    """An address that cannot be reached is one issue on cluster.address, its credentials hidden (Ray
+    Client gives up after its 30 s timeout)."""
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    if ray.is_initialized():  # connected, the pre-flight would weigh that Ray and never dial the address
+        ray.shutdown()
+    rc = main(["plan", str(SMOKE), "--address", "ray://mpt:SENTINEL-ray@127.0.0.1:1",
+               "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert rc == EXIT_BAD_INPUT and "cluster.address" in out and "ray://***@127.0.0.1:1" in out, out
+    assert "SENTINEL" not in out
