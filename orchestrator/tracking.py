@@ -79,6 +79,7 @@ def chosen_trial_artifact(method: str) -> str:
     ``best_<family>``."""
     return "best_adapter" if method == REFERENCE else f"best_{family(method)}"
 
+
 log = logging.getLogger(__name__)
 
 

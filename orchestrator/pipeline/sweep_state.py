@@ -24,16 +24,19 @@ EXPERIMENT_STATE = "experiment_state-"  # Tune's name for the trials' saved stat
 SET_ASIDE = ".unreadable"  # suffix of a state file that did not parse; Tune's file patterns skip it
 
 
-def _state_files(fs: pyarrow.fs.FileSystem, root: str) -> list[pyarrow.fs.FileInfo]:
-    """The ``*.json`` files at the top of the sweep's directory: the experiment state (JSON) and the
-    search algorithm's (a pickle, despite its name)."""
-    return [info for info in fs.get_file_info(pyarrow.fs.FileSelector(root))
-            if info.type == pyarrow.fs.FileType.File and info.base_name.endswith(".json")]
+def _state_files(path: str) -> tuple[pyarrow.fs.FileSystem, list[pyarrow.fs.FileInfo]]:
+    """The ``*.json`` files at the top of the sweep's directory, with their filesystem: the experiment
+    state (JSON) and the search algorithm's (a pickle, despite its name)."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    return fs, [info for info in fs.get_file_info(pyarrow.fs.FileSelector(root))
+                if info.type == pyarrow.fs.FileType.File and info.base_name.endswith(".json")]
 
 
-def _parses(name: str, data: bytes) -> bool:
+def _loads(fs: pyarrow.fs.FileSystem, info: pyarrow.fs.FileInfo) -> bool:
+    with fs.open_input_stream(info.path) as stream:
+        data = stream.read()
     try:
-        json.loads(data) if name.startswith(EXPERIMENT_STATE) else cloudpickle.loads(data)
+        json.loads(data) if info.base_name.startswith(EXPERIMENT_STATE) else cloudpickle.loads(data)
     except Exception:  # a pickle cut short raises EOFError or UnpicklingError, a JSON one ValueError
         return False
     return True
@@ -41,13 +44,8 @@ def _parses(name: str, data: bytes) -> bool:
 
 def unreadable_state_files(path: str) -> list[str]:
     """The sweep's saved state files that do not load, by path."""
-    fs, root = pyarrow.fs.FileSystem.from_uri(path)
-    broken = []
-    for info in _state_files(fs, root):
-        with fs.open_input_stream(info.path) as stream:
-            if not _parses(info.base_name, stream.read()):
-                broken.append(info.path)
-    return broken
+    fs, files = _state_files(path)
+    return [info.path for info in files if not _loads(fs, info)]
 
 
 def resumable(path: str, label: str) -> bool:
@@ -56,15 +54,15 @@ def resumable(path: str, label: str) -> bool:
     starts clean. ``label`` names the sweep in the warning."""
     if not tune.Tuner.can_restore(path):
         return False
-    broken = unreadable_state_files(path)
+    fs, files = _state_files(path)
+    broken = [info.base_name for info in files if not _loads(fs, info)]
     if not broken:
         return True
-    fs, root = pyarrow.fs.FileSystem.from_uri(path)
     # every state file, not only the broken ones: an experiment state without its search algorithm's
     # state (or the reverse) would resume a grid sweep with its trials generated twice
-    for info in _state_files(fs, root):
+    for info in files:
         fs.move(info.path, info.path + SET_ASIDE)
     log.warning("%s cannot resume: its saved state %s is cut short (the pipeline died while Tune was "
                 "writing it); every trial runs again, and the state files are kept as *%s in %s",
-                label, ", ".join(b.rsplit("/", 1)[-1] for b in broken), SET_ASIDE, redact(path))
+                label, ", ".join(broken), SET_ASIDE, redact(path))
     return False

@@ -49,6 +49,11 @@ def write_file(path: Path, rows: Rows) -> Path:
     return path
 
 
+def hub_split_file(directory: Path, split: str) -> Path:
+    """Where a dataset repo as on the hub keeps one split."""
+    return directory / "data" / f"{split}-00000-of-00001.parquet"
+
+
 def write_hub_layout(directory: Path, splits: dict[str, Rows], features: Any = None) -> Path:
     """A dataset repo as on the hub: ``data/<split>-00000-of-00001.parquet``.
 
@@ -57,11 +62,10 @@ def write_hub_layout(directory: Path, splits: dict[str, Rows], features: Any = N
     """
     import datasets
 
-    data = directory / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    (directory / "data").mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         ds = datasets.Dataset.from_dict(rows, features=features)
-        ds.to_parquet(os.fspath(data / f"{split}-00000-of-00001.parquet"))
+        ds.to_parquet(os.fspath(hub_split_file(directory, split)))
     return directory
 
 

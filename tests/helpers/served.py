@@ -57,3 +57,11 @@ def registered(tmp: Path, model_dir: str, data: TaskData) -> tuple[str, Path]:
     model = pyfunc_dir(tmp / "ours", model_dir, data)
     register(uri, client.create_run(experiment).info.run_id, f"mpt-{data.name}", model, {VALIDATION_TAG: "0.5"})
     return uri, model
+
+
+def replicas() -> set[str]:
+    """The model replicas (``predict``'s Ray Data actors) the connected Ray has given a process so far.
+    Ray's private state table: the public state API also lists other Rays on the machine."""
+    from ray._private import state
+
+    return {a["ActorID"] for a in state.actors().values() if "BatchPredictor" in a["ActorClassName"] and a["Pid"]}

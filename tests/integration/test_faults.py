@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers.pipeline import running
+from helpers.processes import alive
 from helpers.secrets import ENV_SECRETS, leaks, run_texts, sentinels
 from mlflow.tracking import MlflowClient
 
@@ -65,17 +67,11 @@ def ray_processes(title: str, job: str = "") -> list[psutil.Process]:
     return found
 
 
-def alive(pid: int) -> bool:
-    with contextlib.suppress(psutil.NoSuchProcess):
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    return False
-
-
-def inject_faults(store: Path, record: dict[str, list[int]], stop: threading.Event) -> None:
+def inject_faults(store: Path, killed: dict[str, int], trials: list[psutil.Process], stop: threading.Event) -> None:
     """SIGKILL, in turn: the worker of one source job once that job has a checkpoint to restart from;
     a distillation worker once the distillation has one; and, once the restarted distillation has
     reported and a baseline trial is training beside it, a distillation worker again, which fails the
-    stage for good. What was killed, and the trials' processes at the failure, go in ``record``.
+    stage for good. Each kill's pid goes in ``killed``, and the trials' processes at the last in ``trials``.
 
     Ray Train's controller collects a worker's reports every 2 s through a queue of one, so a report
     returns before its checkpoint is registered, and a second report waits for the first to be taken.
@@ -84,33 +80,28 @@ def inject_faults(store: Path, record: dict[str, list[int]], stop: threading.Eve
     """
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
 
-    def running(stage: str, task: str | None = None) -> list:
-        experiment = client.get_experiment_by_name("mpt-smoke")
-        where = f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'RUNNING'"
-        return client.search_runs([experiment.experiment_id], where + (f" and tags.`{TASK_TAG}` = '{task}'" if task
-                                                                       else "")) if experiment else []
-
     def history(stage: str, metric: str, task: str | None = None) -> list:
-        runs = running(stage, task)
+        runs = running(client, stage, task)
         return client.get_metric_history(runs[0].info.run_id, metric) if runs else []
 
     def kill_a_worker_once(job: str, ready, what: str) -> None:
-        killed = {pid for pids in record.values() for pid in pids}  # a worker of a restarted group, not a dead one
         while not stop.is_set():
             if ready():
+                # a worker of the restarted group, not the one killed before
                 for proc in ray_processes("ray::RayTrainWorker", job):
-                    if proc.pid not in killed:
-                        record["trials"] = [p.pid for p in ray_processes("ray::ImplicitFunc")]
+                    if proc.pid not in killed.values():
                         os.kill(proc.pid, signal.SIGKILL)
-                        record[what] = [proc.pid]
+                        killed[what] = proc.pid
                         return
             time.sleep(0.2)
 
     def distill_restarted_and_a_trial_trains() -> bool:
         restarts = history("distill", "restarted_from_step")
-        return bool(restarts) and any(m.timestamp > restarts[0].timestamp for m in history("distill", "eval_mean")) \
-            and any(client.get_metric_history(r.info.run_id, "train_loss") for r in running("target")) and \
-            bool(ray_processes("ray::ImplicitFunc"))
+        if not restarts or not any(m.timestamp > restarts[0].timestamp for m in history("distill", "eval_mean")) \
+                or not any(client.get_metric_history(r.info.run_id, "train_loss") for r in running(client, "target")):
+            return False
+        trials[:] = ray_processes("ray::ImplicitFunc")  # read just before the kill, so these were training
+        return bool(trials)
 
     kill_a_worker_once(f"mpt-smoke-source-{KILLED_SOURCE}-",
                        lambda: len(history("source", "eval_accuracy", KILLED_SOURCE)) >= 3, "source")
@@ -132,27 +123,28 @@ def restarted_from_a_checkpoint(client: MlflowClient, run, steps: int) -> None:
 def test_faults_and_recovery(local_ray, tmp_path):
     # Run 1: a source worker is killed (recovered), a distillation worker too (recovered), and once
     # more beside a training baseline trial: the distillation fails for good and the trial is stopped.
-    record: dict[str, list[int]] = {}
+    killed: dict[str, int] = {}
+    trials: list[psutil.Process] = []
     _, token = sentinels()
     stop = threading.Event()
-    killer = threading.Thread(target=inject_faults, args=(tmp_path, record, stop), daemon=True)
+    killer = threading.Thread(target=inject_faults, args=(tmp_path, killed, trials, stop), daemon=True)
     killer.start()
     try:
         rc, out, err = run(tmp_path, token, *LONG_SOURCES, *LONG_DISTILL, *LONG_TRIALS)
     finally:
         stop.set()
-    assert all(record.get(k) for k in ("source", "distill", "distill_again")), record
+    assert set(killed) == {"source", "distill", "distill_again"}, killed
     assert rc == EXIT_FAILED, out + err
     # the stage, its task (a distillation's task is its sources) and the cause
     assert "stage distill, task sentiment+nli: " in err and "run the same command again" in err
     assert "pid=" not in out + err  # the cause, not the workers' tracebacks: those are in the log file
     # The trial that trained beside it was stopped, not left training on this Ray after run returned
     # (Ray ends an actor whose owner is gone within moments: a few seconds are allowed for it).
-    assert record["trials"], "no trial was training when the distillation failed"
+    assert trials, "no trial was training when the distillation failed"
     deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in record["trials"]) and time.monotonic() < deadline:
+    while alive(trials) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not [pid for pid in record["trials"] if alive(pid)], "a trial still trains after the pipeline failed"
+    assert not alive(trials), "a trial still trains after the pipeline failed"
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("mpt-smoke")

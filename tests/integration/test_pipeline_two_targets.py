@@ -11,18 +11,17 @@ ignored ``kind`` and generated an embedded task would fail the dataset checks, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import yaml
-from helpers.data import write_hub_layout, write_split_files
+from helpers.data import hub_split_file, write_hub_layout, write_split_files
 from helpers.pipeline import run_smoke
 from helpers.specs import SMOKE
 from mlflow.tracking import MlflowClient
@@ -58,7 +57,7 @@ class FileTask:
         return sorted(self.relabel.values())  # string labels: the loader's ids are their sorted order
 
     def split_file(self, directory: Path, split: str) -> Path:
-        return directory / (f"data/{split}-00000-of-00001.parquet" if self.fmt == "hub" else f"{split}.{self.fmt}")
+        return hub_split_file(directory, split) if self.fmt == "hub" else directory / f"{split}.{self.fmt}"
 
 
 # odd sizes, different per task and per split, so a count names the split and task it came from

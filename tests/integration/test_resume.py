@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from helpers.pipeline import running
 from mlflow.tracking import MlflowClient
 
 from orchestrator.pipeline.sweep_state import unreadable_state_files
@@ -85,14 +86,6 @@ def run_until_killed(store: Path, args: list[str], ready, what: str, log_name: s
         for child in family:  # then its local Ray, which would otherwise linger on this machine
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-
-
-def running(client: MlflowClient, stage: str) -> list:
-    experiment = client.get_experiment_by_name("mpt-smoke")
-    if experiment is None:
-        return []
-    return client.search_runs([experiment.experiment_id],
-                              f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'RUNNING'")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 from helpers.models import small
-from helpers.served import registered
+from helpers.served import registered, replicas
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import EXIT_BAD_INPUT, main
@@ -139,7 +139,6 @@ def test_two_workers_write_the_rows_in_input_order(store, tmp_path):
     input, row for row, each with its own prediction (without Ray Data's preserve_order the blocks come
     back as they finish, which on a 2-core machine is out of order in most runs)."""
     import ray
-    from ray._private import state
 
     _, uri = store
     parts = mixed_parts()
@@ -154,13 +153,12 @@ def test_two_workers_write_the_rows_in_input_order(store, tmp_path):
     try:
         rc, err = predict(uri, "models:/mpt-topic_match@champion", tmp_path / "in", tmp_path / "out.jsonl",
                           "--workers", "2", "--cpus-per-worker", "0.5", "--batch-size", "4", "--probabilities")
-        replicas = {a["ActorID"] for a in state.actors().values()
-                    if "BatchPredictor" in a["ActorClassName"] and a["Pid"]}
+        started = replicas()
     finally:
         ray.shutdown()
     assert rc == 0, err
     # the pool grew to its two replicas (the second is started once the first has a backlog)
-    assert len(replicas) == 2, f"{len(replicas)} replica(s) started"
+    assert len(started) == 2, f"{len(started)} replica(s) started"
     got = pd.read_json(tmp_path / "out.jsonl", lines=True, dtype=False)
     assert got["id"].tolist() == rows["id"].tolist(), "rows out of input order"
     assert got[["text", "text_pair"]].equals(rows[["text", "text_pair"]])

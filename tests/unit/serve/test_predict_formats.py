@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 from helpers.models import small
-from helpers.served import registered
+from helpers.served import registered, replicas
 
 from orchestrator.cli import EXIT_BAD_INPUT, main
 from orchestrator.serve.pyfunc import PREDICTION
@@ -39,13 +39,6 @@ def predict(uri: str, input_path, out, *extra: str, capsys) -> tuple[int, str]:
     rc = main(["predict", MODEL, "--input", str(input_path), "--out", str(out), "--tracking-uri", uri, *extra])
     captured = capsys.readouterr()
     return rc, captured.out + captured.err
-
-
-def replicas() -> set[str]:
-    """The model replicas (Ray Data actors) the connected Ray has run so far."""
-    from ray._private import state
-
-    return {a["ActorID"] for a in state.actors().values() if "BatchPredictor" in a["ActorClassName"]}
 
 
 @pytest.mark.usefixtures("ray_without_gpus")
